@@ -1,0 +1,20 @@
+.PHONY: setup test test-fast demo clean
+VENV := .venv
+BIN := $(VENV)/bin
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+demo: setup
+	$(BIN)/prunebench doctor
+	$(BIN)/prunebench sweep ablations/smoke.yaml
+	$(BIN)/prunebench report results/smoke --plot results/smoke/pareto.png
+
+clean:
+	rm -rf $(VENV) results/smoke

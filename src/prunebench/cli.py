@@ -1,0 +1,134 @@
+"""prunebench command line: thin Typer commands that parse arguments and call one function.
+
+Heavy libraries (torch, MMDetection) are imported inside the functions that need them, so
+``--help``, ``plan``, ``status`` and ``report`` start fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="prunebench",
+    help="Ablation runner for token pruning in ViT detectors: one YAML grid -> MMDetection "
+    "configs -> train -> COCO eval -> latency -> tables.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: the built-in synthetic COCO-format set and real COCO subsets.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def doctor() -> None:
+    """Check the installed stack: versions, MMCV's compiled ops, CUDA, prunebench's models."""
+    from .doctor import run_doctor
+
+    raise typer.Exit(run_doctor())
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(..., help="A sweep folder (results/<sweep>) or a parent of several."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Sort by a column, best first (box_ap, "
+                                       "mask_ap, latency_full, speedup_full, ...); prefix '-' to reverse."),
+    where: List[str] = typer.Option([], "--where", help="Keep runs with AXIS=VALUE; repeatable, "
+                                    "e.g. --where pruned_tokens=preserve --where seed=0."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json | latex."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report to this file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw box/mask AP vs latency with "
+                                        "the Pareto front to this PNG."),
+) -> None:
+    """Results -> tables: AP, change and speed-up vs dense, latency, keep ratio, GFLOPs, per-axis effects."""
+    from .report import run_report
+
+    raise typer.Exit(run_report(results, fmt=fmt, out=out, plot=plot, where=where, sort=sort))
+
+
+@app.command()
+def status(
+    results: Path = typer.Argument(..., help="A sweep folder (results/<sweep>) or a parent of several."),
+) -> None:
+    """One line per run: state (plus live Slurm state), metrics, error tail and log, or progress."""
+    from rich.console import Console
+
+    from .status import print_status
+
+    raise typer.Exit(print_status(results, Console(highlight=False)))
+
+
+@app.command()
+def viz(
+    run: Path = typer.Argument(..., help="A run folder (its config.py and newest checkpoint) or a config file."),
+    image: Path = typer.Argument(..., help="The image to draw the kept tokens over."),
+    out: Path = typer.Option(..., "--out", help="Output PNG: one panel per pruning layer."),
+) -> None:
+    """Token keep maps: the image with each pruning layer's kept tokens (pruned ones dimmed)."""
+    from .viz import run_viz
+
+    raise typer.Exit(run_viz(run, image, out))
+
+
+def _grid_errors(fn, *args, **kwargs):
+    """Call ``fn``; print a GridError or missing-file error as one clear line and exit 2."""
+    from rich.console import Console
+
+    from .grid import GridError
+
+    try:
+        return fn(*args, **kwargs)
+    except (GridError, FileNotFoundError) as e:
+        Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def plan(
+    grid: Path = typer.Argument(..., help="Grid YAML, e.g. ablations/smoke.yaml."),
+    results: Path = typer.Option(Path("results"), help="Results root; runs go to RESULTS/<name>/."),
+) -> None:
+    """Expand a grid and write every run's config.py without running anything (= sweep --dry-run)."""
+    from .sweep import run_sweep
+
+    _grid_errors(run_sweep, grid, results, dry_run=True)
+
+
+@app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="Grid YAML, e.g. ablations/grid.yaml or ablations/smoke.yaml."),
+    results: Path = typer.Option(Path("results"), help="Results root; runs go to RESULTS/<name>/."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Write configs and show the plan; run nothing."),
+    executor: str = typer.Option("local", help="local (this machine) or slurm (submitit)."),
+    gpus: Optional[str] = typer.Option(None, help="Local GPU ids to use as device slots, e.g. 0,1,2,3."),
+    max_parallel: int = typer.Option(1, help="Local CPU runs at once (ignored with --gpus)."),
+    gpus_per_job: Optional[int] = typer.Option(None, help="GPUs per run (local: slot size; slurm: GPUs per job)."),
+    partition: Optional[str] = typer.Option(None, help="Slurm partition (overrides the grid's slurm.partition)."),
+    time: Optional[str] = typer.Option(None, help="Slurm time limit, e.g. 24:00:00."),
+    account: Optional[str] = typer.Option(None, help="Slurm account."),
+    qos: Optional[str] = typer.Option(None, help="Slurm QOS."),
+    cpus_per_task: Optional[int] = typer.Option(None, help="Slurm CPUs per task."),
+    mem: Optional[str] = typer.Option(None, help="Slurm memory per node, e.g. 64G."),
+    wait: bool = typer.Option(False, help="Slurm: block until every submitted job has ended."),
+) -> None:
+    """Run a whole ablation study: grid -> MMDetection configs -> train -> COCO eval -> latency.
+
+    Finished runs are skipped and interrupted ones resume from their last checkpoint, so the
+    same command continues a sweep that died. Results: RESULTS/<name>/<run_id>/metrics.json.
+    """
+    from .sweep import run_sweep
+
+    if executor == "local":
+        options = dict(max_parallel=max_parallel, gpus=gpus.split(",") if gpus else None,
+                       gpus_per_job=gpus_per_job or 1)
+    else:
+        options = dict(partition=partition, time=time, account=account, qos=qos, mem=mem,
+                       cpus_per_task=cpus_per_task, gpus_per_job=gpus_per_job, wait=wait)
+    states = _grid_errors(run_sweep, grid, results, executor=executor, executor_options=options,
+                          dry_run=dry_run)
+    if any(s == "failed" for s in (states or {}).values()):
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Built-in MMDetection config templates (plain MMEngine config files)."""

@@ -1,0 +1,158 @@
+"""Local executor: runs jobs as subprocesses in dependency order on N device slots."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from ..grid import RunSpec
+from ..results import LOG_FILE, STATUS_FILE, read_json, write_status
+from .base import Executor, is_finished
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalExecutor(Executor):
+    """Runs each job in its own process (``python -m prunebench.job``), logging to ``train.log``.
+
+    ``gpus`` (e.g. ``["0", "1", "2", "3"]``) gives the device slots, ``gpus_per_job`` GPUs per run
+    (more than one -> torchrun with MMEngine's ``pytorch`` launcher); on CPU, ``max_parallel``
+    runs at once. A failed run is recorded and the others go on; its dependents are skipped.
+    """
+
+    name = "local"
+
+    def __init__(self, max_parallel: int = 1, gpus: Sequence[str] | None = None, gpus_per_job: int = 1,
+                 console: Console | None = None, poll_s: float = 1.0):
+        gpus = [str(g) for g in gpus or []]
+        if gpus and (gpus_per_job < 1 or len(gpus) % gpus_per_job):
+            raise ValueError(f"{len(gpus)} GPUs cannot be split into jobs of {gpus_per_job}")
+        self.slots = ([gpus[i:i + gpus_per_job] for i in range(0, len(gpus), gpus_per_job)]
+                      if gpus else [[] for _ in range(max(1, max_parallel))])
+        self.console = console or Console()
+        self.poll_s = poll_s
+
+    def _command(self, run_dir: Path, slot: list[str]) -> list[str]:
+        if len(slot) > 1:
+            return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={len(slot)}",
+                    f"--master_port={_free_port()}", "-m", "prunebench.job", str(run_dir),
+                    "--launcher", "pytorch"]
+        return [sys.executable, "-m", "prunebench.job", str(run_dir)]
+
+    def run(self, sweep_dir: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for spec in runs:
+            if is_finished(sweep_dir / spec.run_id):
+                states[spec.run_id] = "done"
+        todo = [s for s in runs if s.run_id not in states]
+        if len(todo) < len(runs):
+            self.console.print(f"{len(runs) - len(todo)} finished runs skipped")
+        free = list(range(len(self.slots)))
+        running: dict[str, tuple[subprocess.Popen, int, float]] = {}
+        try:
+            with Live(self._view(sweep_dir, runs, states, running), console=self.console,
+                      refresh_per_second=2, transient=not self.console.is_terminal) as live:
+                while todo or running:
+                    self._reap(sweep_dir, states, running, free)
+                    todo = self._start_ready(sweep_dir, todo, states, running, free)
+                    live.update(self._view(sweep_dir, runs, states, running))
+                    if running:
+                        time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            self._stop(sweep_dir, running)
+            raise
+        return states
+
+    def _start_ready(self, sweep_dir, todo, states, running, free) -> list[RunSpec]:
+        waiting = []
+        for spec in todo:
+            bad = [d for d in spec.depends_on if states.get(d) in ("failed", "skipped")]
+            if bad:
+                states[spec.run_id] = "skipped"
+                reason = f"dependency {bad[0]} {states[bad[0]]}"
+                write_status(sweep_dir / spec.run_id, "skipped", reason=reason)
+                self.console.log(f"[yellow]skipped[/] {spec.run_id}: {reason}")
+            elif free and all(states.get(d) == "done" for d in spec.depends_on):
+                slot = free.pop(0)
+                run_dir = sweep_dir / spec.run_id
+                env = dict(os.environ)
+                if self.slots[slot]:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots[slot])
+                log = open(run_dir / LOG_FILE, "a")
+                proc = subprocess.Popen(self._command(run_dir, self.slots[slot]), stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+                log.close()
+                running[spec.run_id] = (proc, slot, time.time())
+                self.console.log(f"started {spec.run_id}")
+            else:
+                waiting.append(spec)
+        return waiting
+
+    def _reap(self, sweep_dir, states, running, free) -> None:
+        for run_id, (proc, slot, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[run_id]
+            free.append(slot)
+            run_dir = sweep_dir / run_id
+            if proc.returncode == 0 and is_finished(run_dir):
+                states[run_id] = "done"
+                self.console.log(f"[green]done[/] {run_id} in {time.time() - t0:.0f}s")
+                continue
+            states[run_id] = "failed"
+            status = read_json(run_dir / STATUS_FILE) or {}
+            if status.get("state") != "failed":  # killed before it could say why
+                write_status(run_dir, "failed", error=f"exit code {proc.returncode}",
+                             traceback=_log_tail(run_dir / LOG_FILE), log=str(run_dir / LOG_FILE))
+                status = read_json(run_dir / STATUS_FILE) or {}
+            self.console.log(f"[red]failed[/] {run_id}: {status.get('error', '')} (log: {run_dir / LOG_FILE})")
+
+    def _stop(self, sweep_dir: Path, running) -> None:
+        for proc, _, _ in running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for run_id, (proc, _, _) in running.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if (read_json(sweep_dir / run_id / STATUS_FILE) or {}).get("state") in ("running", "failed"):
+                write_status(sweep_dir / run_id, "pending", reason="interrupted; re-run the sweep to resume")
+        self.console.print(f"[yellow]interrupted[/]: {len(running)} running jobs stopped; "
+                           "re-run the same command to resume")
+
+    def _view(self, sweep_dir, runs, states, running):
+        counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "failed", "skipped")}
+        head = (f"[bold]{counts['done']}[/] done, [bold]{len(running)}[/] running, "
+                f"[red]{counts['failed']}[/] failed, {counts['skipped']} skipped, "
+                f"{len(runs) - len(states) - len(running)} waiting  ({len(runs)} runs)")
+        table = Table(show_header=True, box=None)
+        for col in ("running", "phase", "iter", "ETA"):
+            table.add_column(col)
+        for run_id in running:
+            st = read_json(sweep_dir / run_id / STATUS_FILE) or {}
+            it = f"{st['iter']}/{st['max_iters']}" if "iter" in st else "-"
+            eta = f"{st['eta_s']:.0f}s" if "eta_s" in st and st.get("phase") == "train" else "-"
+            table.add_row(run_id, st.get("phase", "-"), it, eta)
+        return Group(head, table) if running else head

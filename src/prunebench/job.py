@@ -1,0 +1,207 @@
+"""One run: train -> COCO test -> latency/FLOPs -> keep-ratio statistics -> metrics.json.
+
+Run as ``python -m prunebench.job RUN_DIR [--launcher none|pytorch|slurm]``. A run folder with a
+checkpoint resumes from it; a finished run returns its metrics without redoing anything.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+from mmengine.hooks import Hook
+
+from .executors.base import is_finished
+from .grid import RunSpec
+from .results import (CONFIG_FILE, LOG_FILE, METRICS_FILE, RUN_FILE, WORK_DIR, atomic_write_json,
+                      read_json, write_status)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` (the PyTorch >= 2.6 default) read MMEngine checkpoints,
+    whose ``meta`` holds the message hub's HistoryBuffers and numpy values."""
+    import numpy as np
+    import torch
+    from mmengine.logging import HistoryBuffer
+
+    np_core = getattr(np, "_core", None) or np.core
+    allowed = [HistoryBuffer, np.ndarray, np.dtype, np_core.multiarray._reconstruct,
+               np_core.multiarray.scalar]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    torch.serialization.add_safe_globals(allowed)
+
+
+class _StatusHook(Hook):
+    """Mirrors training progress (iteration, ETA) into status.json every few seconds."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, run_dir: Path, every_s: float = 2.0):
+        self.run_dir, self.every_s, self._last, self._t0 = run_dir, every_s, 0.0, None
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        now = time.time()
+        if self._t0 is None:
+            self._t0, self._start_iter = now, runner.iter
+        done, total = runner.iter + 1, runner.max_iters
+        if now - self._last < self.every_s and done < total:
+            return
+        self._last = now
+        rate = (now - self._t0) / max(1, done - self._start_iter)
+        write_status(self.run_dir, "running", phase="train", iter=done, max_iters=total,
+                     eta_s=round(rate * (total - done), 1))
+
+
+def _env() -> dict:
+    import mmcv
+    import mmdet
+    import mmengine
+    import timm
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "mmcv": mmcv.__version__,
+            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "timm": timm.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "host": platform.node(), "git_commit": commit}
+
+
+def _keep_ratio_recorder(backbone):
+    """Forward hook summing each pruning layer's keep ratio over the evaluation images."""
+    sums: list[float] = []
+    count = [0]
+
+    def hook(module, args, output):
+        masks = getattr(module, "last_keep_masks", None) or []
+        if not masks:
+            return
+        if not sums:
+            sums.extend([0.0] * len(masks))
+        for i, m in enumerate(masks):
+            sums[i] += float(m.float().mean(dim=1).sum())
+        count[0] += masks[0].shape[0]
+
+    handle = backbone.register_forward_hook(hook)
+
+    def result() -> dict:
+        handle.remove()
+        per_layer = [s / count[0] for s in sums] if count[0] else []
+        return {"mean": sum(per_layer) / len(per_layer) if per_layer else 1.0, "per_layer": per_layer,
+                "images": count[0]}
+
+    return result
+
+
+def _coco_metrics(raw: dict) -> dict:
+    coco = {k.split("/", 1)[-1]: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+    return {"box_ap": round(100 * coco.get("bbox_mAP", float("nan")), 2),
+            "mask_ap": round(100 * coco.get("segm_mAP", float("nan")), 2), "coco": coco}
+
+
+def run_job(run_dir: str | Path, launcher: str = "none") -> dict:
+    """Train, test and benchmark one prepared run folder; write ``metrics.json``."""
+    run_dir = Path(run_dir).resolve()
+    if is_finished(run_dir):
+        return read_json(run_dir / METRICS_FILE)
+    spec = RunSpec.from_json(read_json(run_dir / RUN_FILE) or {})
+    rank0 = _rank() == 0
+    if rank0:
+        write_status(run_dir, "running", phase="setup", log=str(run_dir / LOG_FILE), pid=os.getpid(),
+                     started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        metrics = _train_test_bench(run_dir, spec, launcher)
+    except BaseException as e:
+        if rank0:
+            tail = "".join(traceback.format_exception(e)[-6:])[-2000:]
+            state = "pending" if isinstance(e, KeyboardInterrupt) else "failed"
+            write_status(run_dir, state, error=f"{type(e).__name__}: {e}", traceback=tail,
+                         log=str(run_dir / LOG_FILE))
+        raise
+    if rank0:
+        atomic_write_json(run_dir / METRICS_FILE, metrics)
+        write_status(run_dir, "done", box_ap=metrics["box_ap"], mask_ap=metrics["mask_ap"])
+    return metrics
+
+
+def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    import prunebench.models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
+
+    from .bench import measure_detector
+
+    allow_mmengine_checkpoints()
+    cfg = Config.fromfile(str(run_dir / CONFIG_FILE))
+    cfg.work_dir = str(run_dir / WORK_DIR)
+    cfg.launcher = launcher
+    world = _world_size() if launcher != "none" else 1
+    if world > 1:  # keep the config's total batch: samples per GPU = total / GPUs
+        total = cfg.train_dataloader.batch_size
+        if total % world:
+            raise ValueError(f"train batch size {total} is not divisible by {world} GPUs; "
+                             "set data.batch_size to a multiple of the GPU count")
+        cfg.train_dataloader.batch_size = total // world
+    if (Path(cfg.work_dir) / "last_checkpoint").exists():
+        cfg.resume, cfg.load_from = True, None  # resume this run, not its dense parent
+    elif cfg.get("load_from") and not Path(cfg.load_from).exists():
+        raise FileNotFoundError(f"dense checkpoint {cfg.load_from} not found: run the dense run "
+                                f"{spec.depends_on} first (prunebench sweep runs it automatically)")
+    runner = Runner.from_cfg(cfg)
+    if _rank() == 0:
+        runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")
+    t0 = time.time()
+    runner.train()
+    train_time = time.time() - t0
+    if _rank() == 0:
+        write_status(run_dir, "running", phase="test")
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    keep = _keep_ratio_recorder(model.backbone)
+    raw = runner.test()
+    keep_stats = keep()
+    bench_cfg = spec.bench
+    if _rank() == 0:
+        write_status(run_dir, "running", phase="bench")
+    model.eval()
+    bench = measure_detector(model, input_hw=tuple(bench_cfg.get("input_size", (800, 1344))),
+                             device=str(next(model.parameters()).device),
+                             warmup=bench_cfg.get("warmup", 2), repeats=bench_cfg.get("repeats", 5))
+    return {"run_id": spec.run_id, "sweep": spec.sweep, "stage": spec.stage, "backbone": spec.backbone,
+            "seed": spec.seed, "axes": spec.axes, **_coco_metrics(raw),
+            "latency_ms": bench["latency_ms"], "flops_g": bench["flops_g"], "keep_ratio": keep_stats,
+            "bench_keep_ratio": bench["keep_ratio"], "train_time_s": round(train_time, 1),
+            "checkpoint": str(Path(cfg.work_dir) / _last_checkpoint(cfg.work_dir)),
+            "env": _env()}
+
+
+def _last_checkpoint(work_dir: str) -> str:
+    marker = Path(work_dir) / "last_checkpoint"
+    return Path(marker.read_text().strip()).name if marker.exists() else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm"])
+    args = parser.parse_args()
+    run_job(args.run_dir, args.launcher)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Token selectors and keep decisions.
+
+A selector maps tokens ``(B, N, D)`` to keep/prune logits ``(B, N, 2)`` (index 0 = keep).
+:func:`keep_decision` turns logits into a decision:
+
+* training: hard Gumbel-softmax with straight-through gradients. ``rate="dynamic"`` takes the
+  per-token argmax of the perturbed logits; ``rate="fixed"`` takes the top-k of the perturbed
+  keep probability (exactly ``round(r*N)`` per image, as at inference). The returned float
+  tensor is 0/1 in value and carries the soft probability's gradient.
+* inference: top-k of the keep score (fixed) or ``keep logit > prune logit`` (dynamic); a bool
+  tensor.
+
+Only ``available`` tokens can be kept, and every image keeps at least one token.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector"]
+
+
+class MlpSelector(nn.Module):
+    """LayerNorm -> Linear(D, D/4) -> GELU -> Linear(D/4, 2)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, dim // 4)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(dim // 4, 2)
+
+    def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class GatingSelector(nn.Module):
+    """DynamicViT-style predictor: per-token local features concatenated with a global feature.
+
+    ``LayerNorm -> Linear(D, D) -> GELU`` gives ``D/2`` local and ``D/2`` global channels; the
+    global half is averaged over the ``available`` tokens and broadcast back; a 3-layer MLP
+    ``D -> D/2 -> D/4 -> 2`` gives the logits.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.in_proj = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, dim), nn.GELU())
+        self.out_mlp = nn.Sequential(
+            nn.Linear(dim, dim // 2), nn.GELU(),
+            nn.Linear(dim // 2, dim // 4), nn.GELU(),
+            nn.Linear(dim // 4, 2),
+        )
+
+    def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.in_proj(x)
+        local, glob = h.chunk(2, dim=-1)
+        if available is None:
+            glob = glob.mean(dim=1, keepdim=True)
+        else:
+            w = available.to(glob.dtype).unsqueeze(-1)
+            glob = (glob * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp(min=1)
+        return self.out_mlp(torch.cat([local, glob.expand_as(local)], dim=-1))
+
+
+_SELECTORS = {"mlp": MlpSelector, "gating": GatingSelector}
+
+
+def build_selector(kind: str, dim: int) -> nn.Module:
+    """Selector by axis value (``mlp`` | ``gating``)."""
+    return _SELECTORS[kind](dim)
+
+
+def num_kept(keep_ratio: float, num_tokens: int) -> int:
+    """Tokens kept per image under the fixed rate: ``round(r*N)``, at least 1."""
+    return max(1, round(keep_ratio * num_tokens))
+
+
+def _topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    idx = score.topk(k, dim=1).indices
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def _at_least_one(keep: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Keep the best-scored token in images where nothing was kept."""
+    empty = ~keep.any(dim=1)
+    if not empty.any():
+        return keep
+    best = _topk_mask(score, 1)
+    return keep | (best & empty.unsqueeze(1))
+
+
+def keep_decision(
+    logits: torch.Tensor,
+    available: Optional[torch.Tensor],
+    keep_ratio: float,
+    rate: str,
+    training: bool,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """Keep decision ``(B, N)`` from logits ``(B, N, 2)``; see the module docstring.
+
+    ``available`` (bool ``(B, N)`` or None for all) marks the tokens that may be kept.
+    Returns a straight-through float tensor when ``training``, else a bool tensor.
+    """
+    if training:
+        gumbel = -torch.empty_like(logits).exponential_().log()
+        soft = ((logits + gumbel) / tau).softmax(dim=-1)[..., 0]
+    else:
+        soft = logits.softmax(dim=-1)[..., 0]
+    score = soft.detach()
+    if available is not None:
+        score = score.masked_fill(~available, -1.0)
+    if rate == "fixed":
+        keep = _topk_mask(score, num_kept(keep_ratio, logits.shape[1]))
+    else:
+        keep = _at_least_one(score > 0.5, score)
+    if available is not None:
+        keep = keep & available
+    if not training:
+        return keep
+    return keep.to(soft.dtype) - soft.detach() + soft
