@@ -39,7 +39,21 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # --------------------------------------------------------------------------- helpers
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_alive() {  # pid_alive PIDFILE: the process exists and is not a zombie
+    [[ -s $1 ]] || return 1
+    local pid; pid=$(cat "$1" 2>/dev/null) || return 1; [[ -n $pid ]] || return 1
+    kill -0 "$pid" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
+}
+
+stop_pidfile() {  # stop_pidfile NAME PIDFILE: SIGTERM, wait up to 20 s for it to exit
+    pid_alive "$2" || return 0
+    say "stopping $1"
+    kill "$(cat "$2" 2>/dev/null)" 2>/dev/null || true
+    local t0=$SECONDS
+    while pid_alive "$2" && (( SECONDS - t0 < 20 )); do sleep 0.5; done
+    pid_alive "$2" && say "WARNING: $1 (pid $(cat "$2")) still running after 20 s"; true
+    return 0
+}
 
 wait_for() {  # wait_for DESCRIPTION LOGFILE COMMAND...
     local what=$1 log=$2; shift 2
@@ -125,6 +139,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=5
 ReturnToService=2
 MpiDefault=none
+MailProg=/bin/true
 JobRequeue=1
 MinJobAge=600
 KillWait=10
@@ -142,7 +157,6 @@ EOF
     else
         rm -f "$CONF.tmp"
     fi
-    [[ -f $CONF_DIR/cgroup.conf ]] || printf 'CgroupPlugin=disabled\n' >"$CONF_DIR/cgroup.conf"
 }
 
 # --------------------------------------------------------------------------- daemons
@@ -165,9 +179,9 @@ start_database() {  # mariadb + slurmdbd; returns 1 (with a message) when accoun
     if ! mysqladmin --protocol=socket ping >/dev/null 2>&1; then
         say "starting mariadb"
         [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null 2>&1
-        (cd / && setsid /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --skip-name-resolve \
+        setsid -f /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --skip-name-resolve \
             --pid-file=/run/mysqld/mysqld.pid --log-error=$LOG_DIR/mariadb.log \
-            --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 &)
+            --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1
         wait_for mariadb $LOG_DIR/mariadb.log mysqladmin --protocol=socket ping || return 1
     fi
     if [[ ! -s $DB_PASS_FILE ]]; then
@@ -199,7 +213,7 @@ EOF
     cmp -s "$DBD_CONF.tmp" "$DBD_CONF" || { mv "$DBD_CONF.tmp" "$DBD_CONF"; changed=1; }
     rm -f "$DBD_CONF.tmp"
     if pid_alive $RUN_DIR/slurmdbd.pid && (( ! changed )); then return 0; fi
-    pid_alive $RUN_DIR/slurmdbd.pid && { kill "$(cat $RUN_DIR/slurmdbd.pid)"; sleep 1; }
+    stop_pidfile slurmdbd $RUN_DIR/slurmdbd.pid
     say "starting slurmdbd"
     /usr/sbin/slurmdbd
     # sacctmgr only answers once slurmdbd has created its tables and listens.
@@ -213,9 +227,7 @@ start_slurm() {
         if pid_alive "$RUN_DIR/$name.pid"; then
             if [[ -n ${CONF_CHANGED:-} ]]; then
                 say "restarting $name (config changed)"
-                kill "$(cat "$RUN_DIR/$name.pid")"
-                local t0=$SECONDS
-                while pid_alive "$RUN_DIR/$name.pid" && (( SECONDS - t0 < 20 )); do sleep 0.5; done
+                stop_pidfile $name "$RUN_DIR/$name.pid"
             else
                 continue
             fi
@@ -242,6 +254,7 @@ cmd_start() {
     start_munge
     local acct=0
     if [[ $ACCOUNTING == 1 ]]; then
+        write_conf 1  # sacctmgr (the readiness check of slurmdbd) reads slurm.conf
         if start_database; then acct=1
         else say "WARNING: accounting (slurmdbd/MariaDB) could not be set up; starting without it (sacct will not work)"
         fi
@@ -262,17 +275,9 @@ cmd_start() {
 
 cmd_stop() {
     local name
-    for name in slurmd slurmctld slurmdbd; do
-        if pid_alive "$RUN_DIR/$name.pid"; then
-            say "stopping $name"; kill "$(cat "$RUN_DIR/$name.pid")"
-        fi
-    done
-    if [[ -s /run/mysqld/mysqld.pid ]] && pid_alive /run/mysqld/mysqld.pid; then
-        say "stopping mariadb"; kill "$(cat /run/mysqld/mysqld.pid)"
-    fi
-    if [[ -s /run/munge/munged.pid ]] && pid_alive /run/munge/munged.pid; then
-        say "stopping munged"; kill "$(cat /run/munge/munged.pid)"
-    fi
+    for name in slurmd slurmctld slurmdbd; do stop_pidfile $name "$RUN_DIR/$name.pid"; done
+    stop_pidfile mariadb /run/mysqld/mysqld.pid
+    stop_pidfile munged /run/munge/munged.pid
 }
 
 cmd_status() {

@@ -53,19 +53,22 @@ def test_states_and_problems(tmp_path):
     (sweep / "g-bare" / "config.py").write_text("")
     badstatus = make_run(sweep, "h-badstatus", {"pruned_tokens": "preserve"})
     (badstatus / STATUS_FILE).write_text("[1, 2]")
+    make_run(sweep, "i-nan", {"pruned_tokens": "preserve"}, box=39.0, mask=float("nan"), full=80.0, bb=40.0)
     (sweep / "slurm_logs").mkdir()  # not a run folder: ignored
     (sweep / "pareto.png").write_bytes(b"x")
 
     runs = {r.run_id: r for r in scan_results(sweep)}
     assert list(runs) == ["a-dense", "b-failed", "c-corrupt", "d-partial", "e-nometrics", "f-running",
-                          "g-bare", "h-badstatus"]
+                          "g-bare", "h-badstatus", "i-nan"]
     got = {k: r.state for k, r in runs.items()}
     assert got == {"a-dense": "done", "b-failed": "failed", "c-corrupt": CORRUPT, "d-partial": CORRUPT,
-                   "e-nometrics": MISSING, "f-running": "running", "g-bare": MISSING, "h-badstatus": CORRUPT}
+                   "e-nometrics": MISSING, "f-running": "running", "g-bare": MISSING, "h-badstatus": CORRUPT,
+                   "i-nan": "done"}
     assert "not valid JSON" in runs["c-corrupt"].problem and "metrics.json" in runs["c-corrupt"].problem
     assert "lacks box_ap, latency_ms" in runs["d-partial"].problem
     assert "says done" in runs["e-nometrics"].problem
     assert "status.json holds a list" in runs["h-badstatus"].problem
+    assert runs["i-nan"].metric("mask_ap") is None and runs["i-nan"].metric("box_ap") == 39.0
     assert runs["g-bare"].sweep == "s" and runs["g-bare"].axes == {}
     dense = runs["a-dense"]
     assert dense.is_dense and dense.metric("box_ap") == 40.0 and dense.metric("latency_backbone") == 60.0

@@ -3,6 +3,7 @@ smoke runs, a real-COCO subset builder, and the COCO folder check run before any
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -13,8 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "star", "ellipse", "diamond")
-SYNTH_DEFAULTS: dict[str, Any] = dict(num_train=200, num_val=50, image_size=(128, 128), num_classes=3,
-                                      max_objects=3, min_size=0.25, max_size=0.5, seed=0)
 _NOT_GENERATION = ("type", "cache_dir", "batch_size", "num_workers", "img_scale")  # grid `data` keys
 _VERSION = 1  # bump when the generator's output changes, so caches are rebuilt
 _NOISE = 8  # +- uniform pixel noise over the whole image
@@ -85,11 +84,12 @@ def synthetic_params(params: dict | None = None) -> dict:
         raise ValueError(f"unknown synthetic data keys {unknown}; known: {sorted(SYNTH_DEFAULTS)}")
     p = {**SYNTH_DEFAULTS, **params}
     size = p["image_size"]
-    p["image_size"] = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+    p["image_size"] = tuple(int(s) for s in ((size, size) if isinstance(size, (int, float)) else size))
     if len(p["image_size"]) != 2 or min(p["image_size"]) < 16:
         raise ValueError(f"image_size must be (H, W) with sides >= 16, got {size!r}")
     if not 1 <= p["num_classes"] <= len(SHAPES):
-        raise ValueError(f"num_classes must be 1..{len(SHAPES)} ({', '.join(SHAPES)}), got {p['num_classes']}")
+        raise ValueError(f"num_classes must be 1..{len(SHAPES)} ({', '.join(SHAPES)}), "
+                         f"got {p['num_classes']}")
     if not 0 < p["min_size"] <= p["max_size"] <= 1:
         raise ValueError(f"need 0 < min_size <= max_size <= 1 (fractions of the shorter image side), "
                          f"got {p['min_size']}, {p['max_size']}")
@@ -105,7 +105,8 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
     """Write a deterministic COCO-format set of coloured shapes (class = shape kind, colours random,
     sizes are fractions of the shorter side, masks never overlap) into an empty or new `out_dir`:
     `train/*.png`, `val/*.png`, `annotations/instances_{train,val}.json`, `synthetic.json`.
-    Returns a summary: root, classes, params, images and annotations per split."""
+    Returns the summary also written to `synthetic.json`: classes, params, and per split the
+    numbers of images and annotations."""
     from PIL import Image
     from pycocotools import mask as mask_utils
 
@@ -119,7 +120,7 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
     h, w = p["image_size"]
     classes = list(SHAPES[:p["num_classes"]])
     categories = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(classes)]
-    summary = dict(root=str(out), classes=classes, params={**p, "image_size": [h, w]})
+    summary = dict(classes=classes, params={**p, "image_size": [h, w]})
     for split_id, split in enumerate(("train", "val")):
         (out / split).mkdir()
         images, anns = [], []
@@ -139,6 +140,11 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
         summary[split] = dict(images=len(images), annotations=len(anns))
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+SYNTH_DEFAULTS: dict[str, Any] = {  # the generator's keyword defaults
+    k: v.default for k, v in inspect.signature(make_synthetic_coco).parameters.items()
+    if v.kind == v.KEYWORD_ONLY}
 
 
 def default_cache_root() -> Path:
@@ -161,6 +167,7 @@ def ensure_synthetic(params: dict | None = None, cache_root: Path | str | None =
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-synthetic-{key}-", dir=root))
     try:
         make_synthetic_coco(tmp, **p)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -241,12 +248,14 @@ def coco_subset(coco_root: Path | str, split: str = "val2017", n: int = 500, see
     out_ann, out_img = out / ann_rel, out / img_rel
     if out_ann.exists() or (out_img.exists() and any(out_img.iterdir())):
         if not overwrite:
-            raise FileExistsError(f"{out_ann} or {out_img}/ already exists; pass --overwrite or another --out")
+            raise FileExistsError(f"{out_ann} or {out_img}/ already exists; "
+                                  "pass --overwrite or another --out")
         if out_img.exists() and not all(f.is_symlink() for f in out_img.iterdir()):
             raise FileExistsError(f"{out_img} holds real files, not a subset's symlinks; not overwriting it")
         shutil.rmtree(out_img, ignore_errors=True)
     ids = {im["id"] for im in picked}
-    subset = {**coco, "images": picked, "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
+    anns = [a for a in coco["annotations"] if a["image_id"] in ids]
+    subset = {**coco, "images": picked, "annotations": anns}
     out_img.mkdir(parents=True, exist_ok=True)
     for im in picked:
         (out_img / im["file_name"]).symlink_to(root / img_rel / im["file_name"])

@@ -69,7 +69,7 @@ class RunSpec:
     bench: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "depends_on": list(self.depends_on)}
 
     @classmethod
     def from_json(cls, data: dict) -> "RunSpec":

@@ -29,18 +29,15 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` (the PyTorch >= 2.6 default) read MMEngine checkpoints,
-    whose ``meta`` holds the message hub's HistoryBuffers and numpy values."""
-    import numpy as np
-    import torch
-    from mmengine.logging import HistoryBuffer
+def trust_run_checkpoints() -> None:
+    """Let MMEngine load the checkpoints this sweep wrote itself under PyTorch >= 2.6.
 
-    np_core = getattr(np, "_core", None) or np.core
-    allowed = [HistoryBuffer, np.ndarray, np.dtype, np_core.multiarray._reconstruct,
-               np_core.multiarray.scalar]
-    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    torch.serialization.add_safe_globals(allowed)
+    ``torch.load`` now defaults to ``weights_only=True``, which refuses MMEngine checkpoints: their
+    ``meta`` pickles the message hub (HistoryBuffer statistics are stored as ``getattr`` calls).
+    The job only loads its own and its dense parent's checkpoints (or a ``load_from`` the user
+    set), so it restores the pre-2.6 default for this process alone.
+    """
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
 class _StatusHook(Hook):
@@ -147,7 +144,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
 
     from .bench import measure_detector
 
-    allow_mmengine_checkpoints()
+    trust_run_checkpoints()
     cfg = Config.fromfile(str(run_dir / CONFIG_FILE))
     cfg.work_dir = str(run_dir / WORK_DIR)
     cfg.launcher = launcher

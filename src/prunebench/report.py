@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .results import PRUNING_AXES, Run, scan_results
+from .status import STYLES, detail
 
 # (key, header, format, higher is better): metric columns in display order.
 COLUMNS = (
@@ -30,6 +31,9 @@ COLUMNS = (
 )
 METRICS = tuple(c[0] for c in COLUMNS)
 _RAW = ("box_ap", "mask_ap", "latency_backbone", "latency_full", "keep_ratio", "flops_backbone", "flops_full")
+AXIS_HEADERS = {"pruned_tokens": "pruned tokens", "reactivation": "react."}
+# Columns a narrow terminal hides first (CSV, JSON, Markdown and LaTeX always have them all).
+OPTIONAL = ("flops_full", "speedup_backbone", "flops_backbone", "keep_ratio", "d_mask_ap", "latency_backbone")
 FORMATS = ("table", "csv", "markdown", "json", "latex")
 IDENTITY = ("sweep", "run_id", "label", "backbone", "stage", "seed")
 # Direction of each paper finding: "<first> vs <second>".
@@ -84,10 +88,7 @@ def value_label(axis: str, value: Any) -> str:
     """How one axis value reads in sentences and plot labels."""
     if axis == "reactivation":
         return "reactivation" if value else "no reactivation"
-    if axis in PRUNING_AXES:
-        return str(value)
-    text = f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
-    return f"{short_axis(axis)}={text}"
+    return str(value) if axis in PRUNING_AXES else f"{short_axis(axis)}={cell(value)}"
 
 
 def cell(value: Any) -> str:
@@ -263,7 +264,7 @@ def build_report(root: Path, where: Iterable[str] = (), sort: str | None = None)
     kept = [r for r in runs if all(_matches(_field(r, k), v) for k, v in filters)]
     done_kept = [r for r in kept if r.state == "done"]
     multi_sweep = len({r.sweep for r in runs}) > 1
-    multi_backbone = len({r.backbone for r in runs}) > 1
+    multi_backbone = len({r.backbone for r in runs if r.backbone}) > 1
     rows = [_run_row(r, _dense_for(r, index), _setting_label(r, axes, multi_sweep, multi_backbone))
             for r in done_kept]
     aggregated = len({r.seed for r in done_kept}) > 1
@@ -288,27 +289,12 @@ def fmt_metric(row: dict, key: str, fmt: str, pm: str = " ± ") -> str:
     return text + pm + fmt.format(std).lstrip("+").rstrip("×") if std is not None else text
 
 
-def note(run: Run) -> str:
-    """Why a run is not in the table: the problem, error tail, skip reason, or progress."""
-    s = run.status
-    if run.problem:
-        return run.problem
-    if run.state == "failed":
-        tail = str(s.get("error") or "no error recorded").strip().splitlines() or [""]
-        return tail[-1][-160:] + (f" (log: {s['log']})" if s.get("log") else "")
-    if run.state == "skipped":
-        return str(s.get("reason") or "")
-    if run.state == "running" and s.get("iter") is not None:
-        return f"iter {s['iter']}/{s.get('max_iters', '?')}"
-    return ""
-
-
 def _display_columns(report: Report) -> list[tuple[str, str]]:
-    """(key, header) of the displayed table, identity and axes first."""
-    cols = [("label", "setting")] if report.aggregated else [("run_id", "run")]
+    """(key, header) of the displayed table: identity, axes (which name each setting), metrics."""
+    cols = [] if report.aggregated else [("run_id", "run")]
     cols += [("sweep", "sweep")] * report.multi_sweep + [("backbone", "backbone")] * report.multi_backbone
     cols += [("n", "seeds")] if report.aggregated else [("seed", "seed")]
-    cols += [(f"axis:{a}", short_axis(a)) for a in report.axes]
+    cols += [(f"axis:{a}", AXIS_HEADERS.get(a, short_axis(a))) for a in report.axes]
     return cols + [(c[0], c[1]) for c in COLUMNS]
 
 
@@ -341,7 +327,7 @@ def flat_rows(report: Report) -> list[dict]:
         flat = dict.fromkeys(out[0] if out else (*IDENTITY, "n", *report.axes))
         flat.update(sweep=run.sweep, run_id=run.run_id, backbone=run.backbone, stage=run.stage, seed=run.seed,
                     n=0, **{a: run.axes.get(a) for a in report.axes})
-        out.append({**flat, "state": run.state, "note": note(run)})
+        out.append({**flat, "state": run.state, "note": detail(run)})
     return out
 
 
@@ -370,7 +356,7 @@ def to_markdown(report: Report) -> str:
         lines += [f"- {e.sentence()}" for e in report.effects]
     if report.not_done:
         lines += ["", "**Not done**", "", "| run | sweep | state | note |", "|---|---|---|---|"]
-        lines += [f"| {r.run_id} | {r.sweep} | {r.state} | {note(r).replace('|', '/')} |" for r in report.not_done]
+        lines += [f"| {r.run_id} | {r.sweep} | {r.state} | {detail(r).replace('|', '/')} |" for r in report.not_done]
     return "\n".join(lines) + "\n"
 
 
@@ -397,25 +383,38 @@ def to_latex(report: Report) -> str:
             name = f"{value_label(e.axis, e.first)} vs {value_label(e.axis, e.second)}"
             lines.append(" & ".join([_tex(name), str(e.pairs), *vals]) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [f"% not done: {r.run_id} ({r.sweep}) {r.state}: {note(r)}" for r in report.not_done]
+    lines += [f"% not done: {r.run_id} ({r.sweep}) {r.state}: {detail(r)}" for r in report.not_done]
     return "\n".join(lines) + "\n"
 
 
 def print_table(report: Report, console) -> None:
     """The report for a terminal (or a text file): Rich tables plus the effect sentences."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{report.root} — {len(report.rows)} {'settings' if report.aggregated else 'runs'}"
+    table = Table(title=f"{escape(str(report.root))} — {len(report.rows)} {'settings' if report.aggregated else 'runs'}"
                   + (" (mean ± std over seeds)" if report.aggregated else ""), header_style="bold")
     cols = _display_columns(report)
     cells = [_cells(report, row, "±") for row in report.rows]
+    headers = [h.replace("_", " ").split() for _, h in cols]  # one word per line: narrow columns
+    widths = [max([*map(len, words), *(len(c[i]) for c in cells)]) for i, words in enumerate(headers)]
+    shown, hidden = list(range(len(cols))), []
+    keys = [k for k, _ in cols]
+    for key in OPTIONAL:  # drop whole columns rather than truncate numbers
+        if sum(widths[i] + 3 for i in shown) + 1 <= console.width:
+            break
+        shown.remove(keys.index(key))
+        hidden.append(dict(cols)[key])
     n_id = len(cols) - len(COLUMNS)
-    for i, (_, header) in enumerate(cols):  # fixed widths: Rich then skips measuring every cell
-        width = max([len(header), *(len(c[i]) for c in cells)])
-        table.add_column(header, justify="left" if i < n_id else "right", width=width, no_wrap=True)
+    for i in shown:  # fixed widths: Rich then skips measuring every cell
+        table.add_column("\n".join(headers[i]), justify="left" if i < n_id else "right", width=widths[i],
+                         no_wrap=True)
     for row, row_cells in zip(report.rows, cells):
-        table.add_row(*row_cells, style="bold cyan" if row["dense"] else None)
+        table.add_row(*(Text(row_cells[i]) for i in shown), style="bold cyan" if row["dense"] else None)
     console.print(table)
+    if hidden:
+        console.print(f"[dim]hidden to fit the terminal: {', '.join(hidden)} (widen it, or use --format csv)[/]")
     if report.effects:
         console.print("[bold]Per-axis effects[/] (mean change when only that axis changes):")
         for e in report.effects:
@@ -424,9 +423,8 @@ def print_table(report: Report, console) -> None:
         nd = Table(title=f"{len(report.not_done)} run(s) not done", header_style="bold", title_justify="left")
         for header in ("run", "sweep", "state", "note"):
             nd.add_column(header, overflow="fold")
-        colors = {"failed": "red", "corrupt": "red", "missing": "yellow", "running": "blue"}
         for r in report.not_done:
-            nd.add_row(r.run_id, r.sweep, f"[{colors.get(r.state, 'white')}]{r.state}[/]", note(r))
+            nd.add_row(Text(r.run_id), Text(r.sweep), Text(r.state, STYLES.get(r.state, "")), Text(detail(r)))
         console.print(nd)
 
 
@@ -447,6 +445,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+MAX_LABELS = 60  # beyond this many points only the dense runs and the Pareto front get labels
+
+
 def plot_pareto(report: Report, path: Path) -> int:
     """Box and mask AP against full latency, one labelled point per row, dense starred, the
     Pareto front drawn. Returns the number of points plotted."""
@@ -459,20 +460,28 @@ def plot_pareto(report: Report, path: Path) -> int:
     fig, axs = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
     for ax, key, name in zip(axs, ("box_ap", "mask_ap"), ("box AP", "mask AP")):
         pts = [r for r in rows if r[key] is not None]
-        for r in pts:
-            x, y = r["latency_full"], r[key]
-            ax.errorbar(x, y, xerr=r.get("latency_full_std"), yerr=r.get(f"{key}_std"),
-                        fmt="*" if r["dense"] else "o", ms=14 if r["dense"] else 6,
-                        color="crimson" if r["dense"] else "tab:blue", capsize=2, zorder=3)
-            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for dense, style in ((False, dict(fmt="o", ms=6, color="tab:blue")),
+                             (True, dict(fmt="*", ms=14, color="crimson"))):
+            group = [r for r in pts if r["dense"] == dense]
+            if group:  # one call per group: thousands of points stay fast
+                std = [[r.get(k) or 0.0 for r in group] for k in ("latency_full_std", f"{key}_std")]
+                ax.errorbar([r["latency_full"] for r in group], [r[key] for r in group], xerr=std[0],
+                            yerr=std[1], capsize=2 if report.aggregated else 0, zorder=3, **style)
         front = pareto_front([(r["latency_full"], r[key]) for r in pts])
+        on_front = set(front)
+        for r in pts:  # label every point, or only the dense runs and the front when crowded
+            if len(pts) <= MAX_LABELS or r["dense"] or (r["latency_full"], r[key]) in on_front:
+                ax.annotate(r["label"], (r["latency_full"], r[key]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
         if front:
             ax.step(*zip(*front), where="post", color="tab:orange", lw=1.5, label="Pareto front", zorder=2)
             ax.legend(handles=[*ax.get_legend_handles_labels()[0],
                                plt.Line2D([], [], marker="*", ls="", color="crimson", ms=12, label="dense")])
         else:
             ax.text(0.5, 0.5, "no finished runs with latency", ha="center", transform=ax.transAxes)
-        ax.set(xlabel="full-network latency (ms)", ylabel=f"{name} (COCO AP@[.5:.95])", title=f"{name} vs latency")
+        crowded = " (labels: dense and Pareto front)" if len(pts) > MAX_LABELS else ""
+        ax.set(xlabel="full-network latency (ms)", ylabel=f"{name} (COCO AP@[.5:.95])",
+               title=f"{name} vs latency{crowded}")
         ax.grid(alpha=0.3)
         ax.margins(x=0.12, y=0.08)
     fig.suptitle(str(report.root))
@@ -488,29 +497,30 @@ def run_report(root: Path, fmt: str = "table", out: Path | None = None, plot: Pa
                where: Iterable[str] = (), sort: str | None = None, console=None) -> int:
     """``prunebench report``: print or write the report; returns the exit code (2 on bad input)."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console()
-    if not console.is_terminal and console.width < 200:
-        console.width = 200  # piped output: no squeezed table
-    err = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 1000)  # piped output: never squeeze the table
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if fmt not in FORMATS:
         err.print(f"[red]error:[/] --format {fmt!r}: choose one of {', '.join(FORMATS)}")
         return 2
     try:
         report = build_report(Path(root), where, sort)
     except (FileNotFoundError, ValueError) as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     if not report.rows and not report.not_done:
-        err.print(f"[yellow]warning:[/] no run folders under {root} (expected <sweep>/<run_id>/status.json)")
+        err.print(f"[yellow]warning:[/] no run folders under {escape(str(root))} (expected <sweep>/<run_id>/status.json)")
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
             if fmt == "table":
-                print_table(report, Console(file=f, width=250, color_system=None))
+                print_table(report, Console(file=f, width=1000, color_system=None))
             else:
                 f.write(render(report, fmt))
-        console.print(f"wrote {out}: {len(report.rows)} {'settings' if report.aggregated else 'runs'}, "
+        console.print(f"wrote {escape(str(out))}: {len(report.rows)} {'settings' if report.aggregated else 'runs'}, "
                       f"{len(report.not_done)} not done", highlight=False)
     elif fmt == "table":
         print_table(report, console)
@@ -518,5 +528,5 @@ def run_report(root: Path, fmt: str = "table", out: Path | None = None, plot: Pa
         console.file.write(render(report, fmt))
     if plot is not None:
         n = plot_pareto(report, Path(plot))
-        console.print(f"wrote {plot}: {n} points", highlight=False)
+        console.print(f"wrote {escape(str(plot))}: {n} points", highlight=False)
     return 0

@@ -7,6 +7,7 @@ Layout of one run folder ``results/<sweep>/<run_id>/``:
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -68,7 +69,9 @@ PRUNING_AXES = ("pruned_tokens", "reactivation", "rate", "selector")
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, else None (NaN is what a missing COCO metric becomes)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 @dataclass

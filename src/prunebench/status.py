@@ -24,8 +24,14 @@ def _num(value, fmt: str) -> str:
     return fmt.format(value) if value is not None else "—"
 
 
-def detail(run: Run, states: dict[str, str]) -> str:
-    """The part of a run's line after its state; ``states`` maps run id -> state (for deps)."""
+def _last_line(text) -> str:
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][-120:] if lines else ""
+
+
+def detail(run: Run, states: dict[str, str] | None = None) -> str:
+    """What matters about a run in its state: metrics, problem, error tail and log, progress,
+    skip reason, or unfinished dependencies (``states``: run id -> state)."""
     s = run.status
     if run.state == "done":
         return (f"box {_num(run.metric('box_ap'), '{:.1f}')}  mask {_num(run.metric('mask_ap'), '{:.1f}')}  "
@@ -34,11 +40,12 @@ def detail(run: Run, states: dict[str, str]) -> str:
     if run.problem:
         return run.problem
     if run.state == "failed":
-        lines = [ln for ln in str(s.get("error") or "").splitlines() if ln.strip()]
-        tail = lines[-1].strip()[-120:] if lines else "no error recorded"
+        tail = _last_line(s.get("error")) or "no error recorded"
+        if tail.startswith("exit code") and _last_line(s.get("traceback")):
+            tail += f": {_last_line(s.get('traceback'))}"
         return f"{tail}  (log: {s.get('log') or run.path / 'train.log'})"
     if run.state == "running":
-        parts = []
+        parts = [str(s["phase"])] if s.get("phase") else []
         if s.get("iter") is not None:
             total = s.get("max_iters")
             pct = f" ({100 * s['iter'] / total:.0f}%)" if isinstance(total, (int, float)) and total else ""
@@ -46,10 +53,9 @@ def detail(run: Run, states: dict[str, str]) -> str:
         if isinstance(s.get("eta_s"), (int, float)):
             parts.append(f"ETA {fmt_duration(s['eta_s'])}")
         return "  ".join(parts) or f"since {s.get('updated', '?')}"
-    if run.state == "skipped":
-        return str(s.get("reason") or "")
-    waits = [d for d in run.spec.get("depends_on") or () if states.get(d) != "done"]
-    return f"waits for {', '.join(waits)}" if waits else ""
+    waits = [d for d in run.spec.get("depends_on") or () if (states or {}).get(d) != "done"]
+    reason = str(s.get("reason") or "")
+    return "  ".join(filter(None, [reason, f"waits for {', '.join(waits)}" if waits and states else ""]))
 
 
 def slurm_states(runs: list[Run]) -> tuple[dict[str, str], str | None]:
@@ -71,16 +77,17 @@ def slurm_states(runs: list[Run]) -> tuple[dict[str, str], str | None]:
 def print_status(root: Path, console) -> int:
     """Print one line per run under ``root`` and a summary; returns the exit code
     (2 when ``root`` is not a folder)."""
+    from rich.markup import escape
     from rich.text import Text
 
     try:
         runs = scan_results(root)
     except FileNotFoundError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     if not runs:
-        console.print(f"{root}: no run folders yet (expected {root}/<run_id>/status.json); "
-                      "prepare them with `prunebench sweep`", highlight=False)
+        console.print(f"{escape(str(root))}: no run folders yet (expected {root}/<run_id>/status.json); "
+                      "prepare them with `prunebench sweep`", highlight=False, soft_wrap=True)
         return 0
     live, warning = slurm_states(runs)
     multi = len({r.sweep for r in runs}) > 1
@@ -99,7 +106,7 @@ def print_status(root: Path, console) -> int:
     console.print(out, end="", soft_wrap=True, highlight=False)
     counts = Counter(r.state for r in runs)
     summary = ", ".join(f"{counts[s]} {s}" for s in STYLES if counts[s])
-    console.print(f"[bold]{len(runs)} runs[/] in {root}: {summary}", highlight=False)
+    console.print(f"[bold]{len(runs)} runs[/] in {escape(str(root))}: {summary}", highlight=False)
     if warning:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return 0

@@ -15,6 +15,7 @@ Inputs whose H or W is not a multiple of 32 are zero-padded at the bottom/right.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -38,24 +39,12 @@ _AXES = {
 }
 
 
-def masked_attention(attn: nn.Module, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """timm ``Attention`` forward where only tokens with ``key_mask`` (bool ``(B, N)``) are keys."""
-    B, N, C = x.shape
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    x = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    x = x.transpose(1, 2).reshape(B, N, C)
-    x = getattr(attn, "norm", nn.Identity())(x)
-    return attn.proj_drop(attn.proj(x))
-
-
 def gated_block(blk: Block, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Masked path: pruned tokens are not keys, and updates are scaled by ``keep`` ``(B, N)``."""
+    """Masked path: pruned tokens are not attention keys, and the block's residual updates
+    are multiplied by ``keep`` ``(B, N)`` (0/1 values, straight-through gradient in training)."""
+    key_bias = torch.zeros_like(keep, dtype=x.dtype).masked_fill(keep < 0.5, float("-inf"))
     gate = keep.to(x.dtype).unsqueeze(-1)
-    x = x + gate * blk.drop_path1(blk.ls1(masked_attention(blk.attn, blk.norm1(x), keep > 0.5)))
+    x = x + gate * blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), attn_mask=key_bias[:, None, None])))
     return x + gate * blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
 
@@ -180,7 +169,7 @@ class PrunedViT(BaseModule):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i],
-                  norm_layer=lambda c: nn.LayerNorm(c, eps=1e-6))
+                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
             for i in range(depth)
         ])
         self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in prune_layers])

@@ -80,7 +80,7 @@ def num_kept(keep_ratio: float, num_tokens: int) -> int:
 
 def _topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     idx = score.topk(k, dim=1).indices
-    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
+    return torch.zeros_like(score, dtype=torch.bool).scatter(1, idx, torch.ones_like(idx, dtype=torch.bool))
 
 
 def _at_least_one(keep: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,7 @@ def keep_decision(
     if available is not None:
         score = score.masked_fill(~available, -1.0)
     if rate == "fixed":
-        keep = _topk_mask(score, num_kept(keep_ratio, logits.shape[1]))
+        keep = _topk_mask(score, num_kept(keep_ratio, int(logits.shape[1])))
     else:
         keep = _at_least_one(score > 0.5, score)
     if available is not None:

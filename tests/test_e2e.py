@@ -1,0 +1,82 @@
+"""End-to-end: a tiny sweep really trains, tests and benchmarks; killed runs resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prunebench.results import read_json
+from prunebench.sweep import prepare, run_sweep
+
+pytestmark = pytest.mark.slow
+
+GRID = """\
+name: e2e
+base: mask-rcnn-vit-cpu
+backbone: {{embed_dim: 32, depth: 2, num_heads: 2, prune_layers: [1], keep_ratios: [0.5], out_channels: 16}}
+data: {{type: synthetic, num_train: 8, num_val: 4, image_size: [64, 64], num_classes: 2, img_scale: [64, 64], batch_size: 2, cache_dir: {cache}}}
+schedule: {{dense: {{iters: {dense_iters}}}, finetune: {{iters: 2}}, warmup_iters: 1, checkpoint_interval: 2}}
+bench: {{warmup: 1, repeats: 2}}
+axes:
+  pruned_tokens: [preserve]
+  reactivation: [true]
+  rate: [dynamic]
+  selector: [mlp]
+"""
+METRIC_KEYS = {"run_id", "axes", "box_ap", "mask_ap", "coco", "latency_ms", "keep_ratio", "flops_g", "env"}
+
+
+def make_grid(tmp_path: Path, dense_iters: int = 4) -> Path:
+    path = tmp_path / "e2e.yaml"
+    path.write_text(GRID.format(cache=tmp_path / "cache", dense_iters=dense_iters))
+    return path
+
+
+def test_two_point_sweep_writes_complete_metrics(tmp_path):
+    states = run_sweep(make_grid(tmp_path), tmp_path / "results")
+    assert sorted(states.values()) == ["done", "done"], states
+    sweep_dir = tmp_path / "results" / "e2e"
+    for run_id in states:
+        m = read_json(sweep_dir / run_id / "metrics.json")
+        assert METRIC_KEYS <= set(m), set(m)
+        assert 0 <= m["box_ap"] <= 100 and 0 <= m["mask_ap"] <= 100
+        assert "bbox_mAP" in m["coco"] and "segm_mAP" in m["coco"]
+        assert m["latency_ms"]["backbone"] > 0 and m["latency_ms"]["full"] > 0
+        assert m["env"]["mmdet"] == "3.3.0"
+        assert read_json(sweep_dir / run_id / "status.json")["state"] == "done"
+    pruned = next(r for r in states if r.startswith("preserve"))
+    m = read_json(sweep_dir / pruned / "metrics.json")
+    assert len(m["keep_ratio"]["per_layer"]) == 1 and 0 < m["keep_ratio"]["mean"] < 1
+    assert m["keep_ratio"]["images"] == 4
+    log = (sweep_dir / pruned / "train.log").read_text()
+    assert "Load checkpoint from" in log  # the finetune started from the dense weights
+    # a second sweep does nothing: finished runs are skipped, metrics untouched
+    mtimes = {r: (sweep_dir / r / "metrics.json").stat().st_mtime for r in states}
+    assert run_sweep(make_grid(tmp_path), tmp_path / "results") == states
+    assert mtimes == {r: (sweep_dir / r / "metrics.json").stat().st_mtime for r in states}
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    grid = make_grid(tmp_path, dense_iters=40)
+    sweep = prepare(grid, tmp_path / "results")
+    dense_dir = sweep.sweep_dir / sweep.runs[0].run_id
+    proc = subprocess.Popen([sys.executable, "-m", "prunebench.job", str(dense_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    marker = dense_dir / "work_dir" / "last_checkpoint"
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "job ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = int(Path(marker.read_text().strip()).stem.split("_")[1])
+    assert saved < 40
+    assert not (dense_dir / "metrics.json").exists()
+
+    states = run_sweep(grid, tmp_path / "results")
+    assert set(states.values()) == {"done"}
+    log = (dense_dir / "train.log").read_text()
+    assert f"resumed epoch: 0, iter: {saved}" in log  # continued, did not start over
