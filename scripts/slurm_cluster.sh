@@ -84,10 +84,10 @@ install_packages() {
     say "installing ${missing[*]} (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     if [[ -z ${_APT_UPDATED:-} ]]; then
-        apt-get update -qq >/tmp/slurm_cluster.apt.log 2>&1 || { cat /tmp/slurm_cluster.apt.log >&2; die "apt-get update failed"; }
+        apt-get -o DPkg::Lock::Timeout=120 update -qq >/tmp/slurm_cluster.apt.log 2>&1 || { cat /tmp/slurm_cluster.apt.log >&2; die "apt-get update failed"; }
         _APT_UPDATED=1
     fi
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >>/tmp/slurm_cluster.apt.log 2>&1 \
+    apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${missing[@]}" >>/tmp/slurm_cluster.apt.log 2>&1 \
         || { tail -n 30 /tmp/slurm_cluster.apt.log >&2; die "apt-get install ${missing[*]} failed (log: /tmp/slurm_cluster.apt.log)"; }
 }
 

@@ -199,13 +199,13 @@ def run_bench(arch: str = "deit-small", input_size: Tuple[int, int] = (800, 1344
               warmup: int = 2, repeats: int = 5, device: str = "cpu", rate: str = "fixed",
               json_out: Optional[str] = None, backbone_only: bool = False,
               prune_layers: Optional[Sequence[int]] = None,
-              keep_ratios: Optional[Sequence[float]] = None, seed: int = 0, console=None,
-              **backbone_kwargs) -> dict:
+              keep_ratios: Optional[Sequence[float]] = None, config: Optional[str] = None,
+              seed: int = 0, console=None, **backbone_kwargs) -> dict:
     """Dense vs pruned detector side by side in one process: a Rich table and a dict.
 
     The pruned model (reference schedule unless ``prune_layers``/``keep_ratios`` are given;
     random-init selectors) shares all other weights with the dense one. Timings interleave the
-    two models. ``backbone_kwargs`` go to both backbones (e.g. ``embed_dim`` for tiny tests).
+    two models. ``config`` and ``backbone_kwargs`` go to :func:`build_detector` for both.
     """
     from rich.console import Console
     from rich.table import Table
@@ -215,8 +215,8 @@ def run_bench(arch: str = "deit-small", input_size: Tuple[int, int] = (800, 1344
                     keep_ratios=list(REFERENCE_SCHEDULE["keep_ratios"] if keep_ratios is None
                                      else keep_ratios))
     torch.manual_seed(seed)
-    dense = build_detector(arch, **backbone_kwargs)
-    pruned = build_detector(arch, rate=rate, **schedule, **backbone_kwargs)
+    dense = build_detector(arch, config, **backbone_kwargs)
+    pruned = build_detector(arch, config, rate=rate, **schedule, **backbone_kwargs)
     pruned.load_state_dict(dense.state_dict())  # selectors start fresh (logged)
     data = synthetic_data(input_hw=tuple(input_size), batch=batch)
     probes = {"dense": _Probe(dense, data, device), "pruned": _Probe(pruned, data, device)}

@@ -67,10 +67,13 @@ def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
     state = {k.removeprefix("module."): v for k, v in data.get("state_dict", data).items()}
     if bare_backbone:
         state = {k.removeprefix("backbone."): v for k, v in state.items()}
-    missing = model.load_state_dict(state, strict=False).missing_keys
-    if len(missing) == len(model.state_dict()):
+    if not set(state) & set(model.state_dict()):
         raise VizError(f"{ckpt}: none of its weights fit this model (built from the config next to it); "
                        "was the checkpoint written by another run?")
+    try:
+        model.load_state_dict(state, strict=False)  # a dense parent's checkpoint lacks the selectors
+    except RuntimeError as e:  # shape mismatches
+        raise VizError(f"{ckpt}: its weights do not fit the model of the config next to it ({e})") from e
 
 
 def load_model(source: Path):

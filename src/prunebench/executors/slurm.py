@@ -206,7 +206,8 @@ class SlurmRunJob:
         except BaseException as e:
             if not rank0:
                 raise
-            if self._requeued and isinstance(e, SystemExit):  # submitit requeued us and exits
+            if self._requeued:  # submitit requeued the job and exits (SystemExit), or Slurm's
+                # requeue kill hit its `scontrol requeue` first (CalledProcessError): back in the queue
                 write_status(run_dir, "pending", reason=f"preempted or timed out: Slurm job {job_id} "
                              "requeued; it resumes from the last checkpoint")
             elif (read_json(Path(run_dir) / STATUS_FILE) or {}).get("state") not in ("failed", "pending"):
