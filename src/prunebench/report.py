@@ -26,8 +26,8 @@ COLUMNS = (
     ("speedup_backbone", "speed-up bb", "{:.2f}×", True),
     ("speedup_full", "speed-up full", "{:.2f}×", True),
     ("keep_ratio", "keep", "{:.3f}", False),
-    ("flops_backbone", "GFLOPs bb", "{:.1f}", False),
-    ("flops_full", "GFLOPs full", "{:.1f}", False),
+    ("flops_backbone", "GFLOPs bb", "{:.3g}", False),
+    ("flops_full", "GFLOPs full", "{:.3g}", False),
 )
 METRICS = tuple(c[0] for c in COLUMNS)
 _RAW = ("box_ap", "mask_ap", "latency_backbone", "latency_full", "keep_ratio", "flops_backbone", "flops_full")
