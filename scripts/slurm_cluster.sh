@@ -33,7 +33,11 @@ DB_PACKAGES=(slurmdbd mariadb-server)
 say() { printf '[slurm_cluster] %s\n' "$*"; }
 die() { printf '[slurm_cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
-if [[ $(id -u) -ne 0 ]]; then
+if [[ $(id -u) -ne 0 && ${1:-} != status ]]; then
+    if [[ ${1:-} == start ]] && command -v sinfo >/dev/null \
+        && [[ $(sinfo -h -N -n "$(hostname -s)" -o %T 2>/dev/null | head -n1) == @(idle|mixed|allocated)* ]]; then
+        say "cluster already running (node $(hostname -s) $(sinfo -h -N -n "$(hostname -s)" -o %T))"; exit 0
+    fi
     if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then exec sudo -n -E bash "$0" "$@"; fi
     die "needs root (or passwordless sudo) to install and start Slurm"
 fi
@@ -289,7 +293,7 @@ cmd_status() {
     if command -v sinfo >/dev/null; then
         sinfo -N -o '%N %T %c %m %P' 2>&1 || rc=1
         squeue 2>&1 || true
-        sacct -n -X -S now-1hour -o JobID,JobName%20,State,Start,End 2>&1 | tail -n 10 || true
+        sacct -n -X -S now-1hours -o JobID,JobName%32,State,Start,End 2>&1 | tail -n 10 || true
     else
         say "Slurm is not installed (run: bash $0 start)"; rc=1
     fi

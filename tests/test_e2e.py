@@ -80,3 +80,18 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert set(states.values()) == {"done"}
     log = (dense_dir / "train.log").read_text()
     assert f"resumed epoch: 0, iter: {saved}" in log  # continued, did not start over
+
+
+def test_failed_run_skips_its_dependents_and_the_rest_go_on(tmp_path):
+    grid = make_grid(tmp_path)
+    grid.write_text(grid.read_text() + "  model.backbone.embed_dim: [32, 33]\n")  # 33: not divisible by 2 heads
+    states = run_sweep(grid, tmp_path / "results")
+    sweep_dir = tmp_path / "results" / "e2e"
+    specs = {r: read_json(sweep_dir / r / "run.json") for r in states}
+    by_dim = {(s["stage"], s["axes"]["model.backbone.embed_dim"]): r for r, s in specs.items()}
+    assert states[by_dim["dense", 32]] == "done" and states[by_dim["finetune", 32]] == "done"
+    assert states[by_dim["dense", 33]] == "failed" and states[by_dim["finetune", 33]] == "skipped"
+    failed = read_json(sweep_dir / by_dim["dense", 33] / "status.json")
+    assert failed["state"] == "failed" and failed["error"] and failed["log"].endswith("train.log")
+    skipped = read_json(sweep_dir / by_dim["finetune", 33] / "status.json")
+    assert skipped["reason"] == f"dependency {by_dim['dense', 33]} failed"

@@ -191,6 +191,9 @@ def test_plan_resubmits_failed_lost_and_stuck_jobs(tmp_path):
     plan = S.SlurmExecutor().plan(tmp_path, runs, live_of(**{"5": "FAILED",
                                                              "6": ("PENDING", "DependencyNeverSatisfied")}))
     assert actions(plan) == {DENSE: "submit", FT: "resubmit"}
+    # a job left held by a submission cut short before its release is replaced
+    plan = S.SlurmExecutor().plan(tmp_path, runs, live_of(**{"5": "FAILED", "6": ("PENDING", "JobHeldUser")}))
+    assert actions(plan) == {DENSE: "submit", FT: "resubmit"}
     # a job Slurm no longer knows (lost, purged) is submitted again
     assert actions(S.SlurmExecutor().plan(tmp_path, runs, {}))[DENSE] == "submit"
     # a finetune still waiting on the dense run's old job is moved to the new one
@@ -374,6 +377,15 @@ def test_job_wrapper_records_the_slurm_job_and_a_failure(tmp_path, monkeypatch):
     status = read_json(tmp_path / DENSE / "status.json")
     assert status["state"] == "failed" and status["slurm_job_id"] == "1234" and status["attempts"] == 1
     assert os.environ["MASTER_PORT"] == str(20000 + 1234)  # one port per job (multi-GPU)
+
+
+def test_job_wrapper_other_ranks_write_nothing(tmp_path, monkeypatch):
+    make_runs(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setattr(S, "_import", lambda ref: lambda run_dir, launcher: launcher)
+    assert S.SlurmRunJob(FAKE_FN, launcher="slurm")(str(tmp_path / DENSE)) == "slurm"
+    assert not (tmp_path / DENSE / "status.json").exists()
 
 
 def test_checkpoint_resubmits_the_same_run(tmp_path):

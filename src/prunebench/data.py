@@ -21,6 +21,10 @@ _MARGIN = 2  # minimum gap in pixels between two objects' masks
 _TRIES = 30  # placement attempts per object before it is dropped
 
 
+_PALETTE = np.array([(230, 40, 40), (40, 210, 60), (60, 100, 250), (240, 220, 40), (220, 50, 220),
+                     (40, 220, 220)])  # per-class colours (colour_by_class), one per SHAPES entry
+
+
 def _unit_polygon(kind: str, rng: np.random.Generator) -> np.ndarray:
     """Vertices (K, 2) of a shape inside the box [-1, 1]^2; class identity never depends on rng."""
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
@@ -52,7 +56,7 @@ def _render(rng: np.random.Generator, h: int, w: int, p: dict) -> tuple[np.ndarr
     import cv2
     from pycocotools import mask as mask_utils
 
-    bg = rng.integers(0, 256, 3)
+    bg = rng.integers(0, 80, 3) if p["colour_by_class"] else rng.integers(0, 256, 3)
     img = np.broadcast_to(bg, (h, w, 3)).astype(np.int16)
     blocked = np.zeros((h, w), np.uint8)  # pixels of placed objects, grown by _MARGIN
     kernel = np.ones((2 * _MARGIN + 1, 2 * _MARGIN + 1), np.uint8)
@@ -70,7 +74,9 @@ def _render(rng: np.random.Generator, h: int, w: int, p: dict) -> tuple[np.ndarr
         else:
             continue
         blocked |= cv2.dilate(np.ascontiguousarray(m), kernel)
-        img[m.astype(bool)] = _colour_far_from(bg, rng)
+        colour = (_PALETTE[cat] + rng.integers(-20, 21, 3) if p["colour_by_class"]
+                  else _colour_far_from(bg, rng))
+        img[m.astype(bool)] = colour
         objects.append(dict(category_id=cat + 1, polygon=poly, rle=rle))
     img += rng.integers(-_NOISE, _NOISE + 1, img.shape, dtype=np.int16)
     return np.clip(img, 0, 255).astype(np.uint8), objects
@@ -101,9 +107,10 @@ def synthetic_params(params: dict | None = None) -> dict:
 def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: int = 50,
                         image_size: Sequence[int] = (128, 128), num_classes: int = 3,
                         max_objects: int = 3, min_size: float = 0.25, max_size: float = 0.5,
-                        seed: int = 0) -> dict:
+                        colour_by_class: bool = False, seed: int = 0) -> dict:
     """Write a deterministic COCO-format set of coloured shapes (class = shape kind, colours random,
-    sizes are fractions of the shorter side, masks never overlap) into an empty or new `out_dir`:
+    or one colour per class with `colour_by_class` for the easiest set; sizes are fractions of the
+    shorter side, masks never overlap) into an empty or new `out_dir`:
     `train/*.png`, `val/*.png`, `annotations/instances_{train,val}.json`, `synthetic.json`.
     Returns the summary also written to `synthetic.json`: classes, params, and per split the
     numbers of images and annotations."""
@@ -112,7 +119,7 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
 
     p = synthetic_params(dict(num_train=num_train, num_val=num_val, image_size=image_size,
                               num_classes=num_classes, max_objects=max_objects, min_size=min_size,
-                              max_size=max_size, seed=seed))
+                              max_size=max_size, colour_by_class=colour_by_class, seed=seed))
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new folder for the synthetic set")

@@ -32,6 +32,7 @@ BACKBONE_KEYS = ("arch", "embed_dim", "depth", "num_heads", "prune_layers", "kee
                  "out_channels", "drop_path_rate")
 DATA_KEYS = {
     "synthetic": ("type", "num_train", "num_val", "image_size", "num_classes", "max_objects",
+                  "min_size", "max_size", "colour_by_class",
                   "seed", "cache_dir", "batch_size", "num_workers", "img_scale"),
     "coco": ("type", "root", "train_ann", "train_img", "val_ann", "val_img", "batch_size",
              "num_workers", "img_scale"),

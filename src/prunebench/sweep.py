@@ -6,13 +6,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from .grid import Grid, GridError, RunSpec, expand, load_grid
 from .results import CONFIG_FILE, RUN_FILE, STATUS_FILE, atomic_write_json, read_json, write_status
 
-SYNTH_KEYS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "seed")
+HEADERS = {"pruned_tokens": "tokens", "reactivation": "react", "model.backbone.arch": "arch"}
+SYNTH_KEYS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "min_size",
+              "max_size", "colour_by_class", "seed")
 
 
 @dataclass
@@ -70,8 +73,10 @@ def prepare(grid_path: str | Path, results_root: str | Path = "results") -> Swee
 def plan_table(sweep: Sweep) -> Table:
     """The expanded runs as a Rich table."""
     axes = list(sweep.grid.axes)
-    table = Table(title=f"sweep {sweep.grid.name}: {len(sweep.runs)} runs -> {sweep.sweep_dir}")
-    for col in ["run id", "stage", *axes, "seed", "depends on", "state"]:
+    table = Table(title=f"sweep {sweep.grid.name}: {len(sweep.runs)} runs -> {sweep.sweep_dir}",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("run id", no_wrap=True)
+    for col in ["stage", *(HEADERS.get(a, a) for a in axes), "seed", "depends on", "state"]:
         table.add_column(col, overflow="fold")
     for spec in sweep.runs:
         state = (read_json(sweep.sweep_dir / spec.run_id / STATUS_FILE) or {}).get("state", "?")
@@ -86,11 +91,14 @@ def run_sweep(grid_path: str | Path, results_root: str | Path = "results", execu
     """Prepare the sweep, print the plan, then run it (unless ``dry_run``); returns run id -> state."""
     from .executors import get_executor
 
-    console = console or Console()
+    console = console or Console(width=None if Console().is_terminal else 160)
     sweep = prepare(grid_path, results_root)
     console.print(plan_table(sweep))
+    reasons: dict[str, list[dict]] = {}
     for cell, reason in sweep.grid.excluded:
-        console.print(f"[yellow]left out[/] {cell}: {reason}")
+        reasons.setdefault(reason, []).append(cell)
+    for reason, cells in reasons.items():
+        console.print(f"[yellow]left out {len(cells)} cell(s)[/]: {reason}", highlight=False)
     if dry_run:
         console.print(f"dry run: configs written under {sweep.sweep_dir}, nothing run")
         return {}

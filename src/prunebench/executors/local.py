@@ -98,6 +98,8 @@ class LocalExecutor(Executor):
                 env = dict(os.environ)
                 if self.slots[slot]:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots[slot])
+                elif len(self.slots) > 1:  # CPU runs side by side share the cores
+                    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
                 log = open(run_dir / LOG_FILE, "a")
                 proc = subprocess.Popen(self._command(run_dir, self.slots[slot]), stdout=log,
                                         stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)

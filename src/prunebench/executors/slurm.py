@@ -202,7 +202,11 @@ class SlurmRunJob:
                          phase="start", node=os.uname().nodename)
         self._requeued = False
         try:
-            return _import(self.fn)(run_dir, launcher=self.launcher)
+            result = _import(self.fn)(run_dir, launcher=self.launcher)
+            if rank0 and is_finished(Path(run_dir)) and \
+                    (read_json(Path(run_dir) / STATUS_FILE) or {}).get("state") == "running":
+                write_status(run_dir, "done")  # e.g. run_job found the run already finished
+            return result
         except BaseException as e:
             if not rank0:
                 raise
@@ -350,6 +354,8 @@ class SlurmExecutor(Executor):
                 renewed = [d for d in spec.depends_on if d in fresh]
                 if state == "PENDING" and any(r in reason for r in DEAD_REASONS):
                     out.append((spec, "resubmit", f"job {job} can never start ({reason})"))
+                elif state == "PENDING" and reason == "JobHeldUser":  # a submission cut short before release
+                    out.append((spec, "resubmit", f"job {job} held"))
                 elif state == "PENDING" and renewed:
                     out.append((spec, "resubmit", f"job {job} waits on the old job of {renewed[0]}"))
                 else:
@@ -439,7 +445,12 @@ class SlurmExecutor(Executor):
             self._console_log(f"{rid}: submitted as Slurm job {job_of[rid]}"
                               f"{' (afterok ' + ','.join(deps) + ')' if deps else ''} -- {why}")
         if self.wait and job_of:
-            states.update(self._wait(sweep_dir, job_of, runs))
+            try:
+                states.update(self._wait(sweep_dir, job_of, runs))
+            except KeyboardInterrupt:
+                self._console_log(f"stopped waiting; the {len(job_of)} Slurm jobs go on (prunebench status "
+                                  f"{sweep_dir} follows them; re-running the sweep does not submit them twice)")
+                raise
         return states
 
     def _wait(self, sweep_dir: Path, job_of: dict[str, str], runs: Sequence[RunSpec]) -> dict[str, str]:

@@ -83,15 +83,6 @@ def _topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(score, dtype=torch.bool).scatter(1, idx, torch.ones_like(idx, dtype=torch.bool))
 
 
-def _at_least_one(keep: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Keep the best-scored token in images where nothing was kept."""
-    empty = ~keep.any(dim=1)
-    if not empty.any():
-        return keep
-    best = _topk_mask(score, 1)
-    return keep | (best & empty.unsqueeze(1))
-
-
 def keep_decision(
     logits: torch.Tensor,
     available: Optional[torch.Tensor],
@@ -105,20 +96,20 @@ def keep_decision(
     ``available`` (bool ``(B, N)`` or None for all) marks the tokens that may be kept.
     Returns a straight-through float tensor when ``training``, else a bool tensor.
     """
+    # The 2-way (Gumbel-)softmax depends on the logit difference only; the difference of two
+    # Gumbel samples is a logistic sample, so this is exactly a hard Gumbel-softmax.
+    score = logits[..., 0] - logits[..., 1]
     if training:
-        gumbel = -torch.empty_like(logits).exponential_().log()
-        soft = ((logits + gumbel) / tau).softmax(dim=-1)[..., 0]
-    else:
-        soft = logits.softmax(dim=-1)[..., 0]
-    score = soft.detach()
-    if available is not None:
-        score = score.masked_fill(~available, -1.0)
+        u = torch.rand_like(score).clamp_(1e-6, 1 - 1e-6)
+        score = (score + u.log() - (-u).log1p()) / tau
+    z = score.detach() if available is None else score.detach().masked_fill(~available, float("-inf"))
     if rate == "fixed":
-        keep = _topk_mask(score, num_kept(keep_ratio, int(logits.shape[1])))
+        keep = _topk_mask(z, num_kept(keep_ratio, int(logits.shape[1])))
     else:
-        keep = _at_least_one(score > 0.5, score)
-    if available is not None:
-        keep = keep & available
+        keep = z > 0
+        empty = ~keep.any(dim=1, keepdim=True)  # keep at least the best token of every image
+        keep = keep | (_topk_mask(z, 1) & empty)
     if not training:
         return keep
+    soft = score.sigmoid()
     return keep.to(soft.dtype) - soft.detach() + soft
