@@ -334,3 +334,22 @@ def test_pruned_mask_rcnn_train_iteration_and_test(rate):
     pred = results[0].pred_instances
     assert pred.bboxes.shape[-1] == 4 and len(pred.scores) == len(pred.labels) == len(pred.masks)
     assert [k.shape for k in model.backbone.last_keep_masks] == [(1, N)] * 3
+
+
+def test_dense_detector_checkpoint_loads_into_pruned_detector(tmp_path, monkeypatch):
+    """MMEngine's checkpoint loading (as ``load_from`` uses it), strict: only selectors are new."""
+    from mmengine.runner import load_checkpoint
+
+    from prunebench.bench import CONFIGS, build_detector
+
+    logged = []
+    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log",
+                        lambda msg, **kw: logged.append(msg))
+    cfg = str(CONFIGS / "mask_rcnn_vit_cpu.py")
+    dense = build_detector("deit-tiny", cfg)
+    torch.save({"state_dict": dense.state_dict()}, tmp_path / "dense.pth")
+    pruned = build_detector("deit-tiny", cfg, **PRUNE, selector="gating")
+    load_checkpoint(pruned, str(tmp_path / "dense.pth"), map_location="cpu", strict=True)
+    for k, v in dense.state_dict().items():
+        assert torch.equal(pruned.state_dict()[k], v), k
+    assert len(logged) == 1 and "backbone.selectors.2.out_mlp.4.bias" in logged[0]

@@ -161,11 +161,9 @@ class _Probe:
         model, (B, _, H, W) = self.model, self.img.shape
         bb = model.backbone
         num_tokens = (H // bb.patch_size) * (W // bb.patch_size)
+        keep, block_flops = _keep_stats(bb, num_tokens)  # masks of the last timed forward
         full_flops = _gflops(_TensorForward(model, self.samples), self.img) if full else None
         bb_flops = _gflops(bb, self.img)
-        with torch.no_grad():  # the keep masks of the timed input (FLOP tracing ran it again)
-            bb(self.img)
-        keep, block_flops = _keep_stats(bb, num_tokens)
         dev = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
         h, w = self.data["inputs"][0].shape[-2:]
         return {

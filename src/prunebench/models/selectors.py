@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector"]
 
