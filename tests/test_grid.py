@@ -43,6 +43,9 @@ def test_run_ids_are_stable_readable_and_unique(tmp_path):
     assert any(rid.startswith("preserve-react-dyn-mlp-s0-") for rid in a)
     changed = [r.run_id for r in expand(load_grid(write(tmp_path, BASE.replace("iters: 2", "iters: 3"))))]
     assert set(changed).isdisjoint(a)  # a different schedule is a different run
+    finetune_only = expand(load_grid(write(tmp_path, BASE.replace("finetune: {iters: 1}", "finetune: {iters: 5}"))))
+    assert finetune_only[0].run_id == a[0]  # ... but the dense run does not depend on the finetune's
+    assert set(r.run_id for r in finetune_only[1:]).isdisjoint(a)
 
 
 def test_exclude_include_and_seeds(tmp_path):
@@ -87,6 +90,7 @@ seeds: [0, 1]
     (BASE.replace("base: mask-rcnn-vit-cpu", "base: nope.py"), ["base", "neither a built-in template"]),
     (BASE + "axes:\n  rate: fixed\n", ["axes.rate", "non-empty list", "write `rate: [value1, value2]`"]),
     ("name: t\nbackbone: [1\n", ["g.yaml:", "not valid YAML"]),
+    (BASE + "data: {num_classes: 9}\n", ["g.yaml:5: data:", "num_classes must be 1..6"]),
 ])
 def test_bad_yaml_errors_name_file_key_and_fix(tmp_path, text, expected):
     with pytest.raises(GridError) as err:

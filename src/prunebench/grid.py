@@ -226,6 +226,13 @@ def _check_data(c: _Checker, raw: Any, grid_path: Path) -> dict:
     if kind not in DATA_KEYS:
         raise c.fail("data.type", f"unknown data type {kind!r}", "use `synthetic` or `coco`")
     data = {"type": kind, **c.known("data", raw, DATA_KEYS[kind])}
+    if kind == "synthetic":
+        from .data import synthetic_params
+
+        try:
+            synthetic_params(data)
+        except (ValueError, TypeError) as e:
+            raise c.fail("data", str(e), "correct the synthetic data settings") from None
     if kind == "coco":
         from .data import check_coco
 
@@ -376,7 +383,8 @@ def expand(grid: Grid) -> list[RunSpec]:
             dkey = (seed, json.dumps(others, sort_keys=True, default=str))
             if dkey not in dense_ids:
                 axes = {**{k: None for k in pruning_keys}, **others}
-                rid = _run_id(f"dense{_arch_tag(grid, arch)}", seed, {**common, "axes": axes, "seed": seed})
+                dense_common = {**common, "schedule": {k: v for k, v in grid.schedule.items() if k != "finetune"}}
+                rid = _run_id(f"dense{_arch_tag(grid, arch)}", seed, {**dense_common, "axes": axes, "seed": seed})
                 dense_ids[dkey] = rid
                 runs.append(RunSpec(rid, grid.name, "dense", arch, seed, axes, (), dict(others),
                                     bench))

@@ -8,7 +8,8 @@ from .results import Run, scan_results
 
 STYLES = {"done": "green", "running": "blue", "pending": "dim", "skipped": "dim",
           "failed": "red", "corrupt": "red", "missing": "yellow"}
-_LIVE_SLURM = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+_LIVE_SLURM = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+               "RESIZING", "SUSPENDED", "SIGNALING", "STOPPED")
 
 
 def fmt_duration(seconds: float) -> str:
