@@ -13,7 +13,7 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/prunebench doctor
-	$(BIN)/prunebench sweep ablations/smoke.yaml --max-parallel 2
+	$(BIN)/prunebench sweep ablations/smoke.yaml
 	$(BIN)/prunebench report results/smoke --plot results/smoke/pareto.png
 
 clean:

@@ -168,7 +168,8 @@ class _Probe:
         h, w = self.data["inputs"][0].shape[-2:]
         return {
             "latency_ms": {"backbone": ms["backbone"], "full": ms.get("full"), "device": dev,
-                           "input_size": [int(h), int(w)], "batch": B, "repeats": repeats},
+                           "input_size": [int(h), int(w)], "batch": B, "repeats": repeats,
+                           "threads": torch.get_num_threads()},
             "flops_g": {"backbone": None if bb_flops is None else bb_flops / B,
                         "full": None if full_flops is None else full_flops / B,
                         "vit_blocks": block_flops},
@@ -180,7 +181,7 @@ def measure_detector(model: nn.Module, input_hw: Tuple[int, int] = (800, 1344), 
                      device: str = "cpu", warmup: int = 2, repeats: int = 5, full: bool = True) -> dict:
     """Latency (medians), FLOPs per image and achieved keep ratio of a detector in eval mode.
 
-    Returns ``{"latency_ms": {"backbone", "full", "device", "input_size", "batch", "repeats"},
+    Returns ``{"latency_ms": {"backbone", "full", "device", "input_size", "batch", "repeats", "threads"},
     "flops_g": {"backbone", "full", "vit_blocks"}, "keep_ratio": {"mean", "per_layer"}}``;
     ``full=False`` skips the whole-detector timing and FLOPs (``None``).
     """

@@ -105,7 +105,8 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="Write configs and show the plan; run nothing."),
     executor: str = typer.Option("local", help="local (this machine) or slurm (submitit)."),
     gpus: Optional[str] = typer.Option(None, help="Local GPU ids to use as device slots, e.g. 0,1,2,3."),
-    max_parallel: int = typer.Option(1, help="Local CPU runs at once (ignored with --gpus)."),
+    max_parallel: int = typer.Option(1, help="Local CPU runs at once (ignored with --gpus); they share "
+                                     "the cores, so their latency figures are not comparable."),
     gpus_per_job: Optional[int] = typer.Option(None, help="GPUs per run (local: slot size; slurm: GPUs per job)."),
     partition: Optional[str] = typer.Option(None, help="Slurm partition (overrides the grid's slurm.partition)."),
     time: Optional[str] = typer.Option(None, help="Slurm time limit, e.g. 24:00:00."),

@@ -84,7 +84,7 @@ class LocalExecutor(Executor):
         return states
 
     def _start_ready(self, sweep_dir, todo, states, running, free) -> list[RunSpec]:
-        waiting = []
+        waiting, ready = [], []
         for spec in todo:
             bad = [d for d in spec.depends_on if states.get(d) in ("failed", "skipped")]
             if bad:
@@ -92,22 +92,25 @@ class LocalExecutor(Executor):
                 reason = f"dependency {bad[0]} {states[bad[0]]}"
                 write_status(sweep_dir / spec.run_id, "skipped", reason=reason)
                 self.console.log(f"[yellow]skipped[/] {spec.run_id}: {reason}")
-            elif free and all(states.get(d) == "done" for d in spec.depends_on):
-                slot = free.pop(0)
-                run_dir = sweep_dir / spec.run_id
-                env = dict(os.environ)
-                if self.slots[slot]:
-                    env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots[slot])
-                elif len(self.slots) > 1:  # CPU runs side by side share the cores
-                    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
-                log = open(run_dir / LOG_FILE, "a")
-                proc = subprocess.Popen(self._command(run_dir, self.slots[slot]), stdout=log,
-                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-                log.close()
-                running[spec.run_id] = (proc, slot, time.time())
-                self.console.log(f"started {spec.run_id}")
+            elif len(ready) < len(free) and all(states.get(d) == "done" for d in spec.depends_on):
+                ready.append(spec)
             else:
                 waiting.append(spec)
+        # CPU runs side by side share the cores: a run that starts alone gets all of them
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(running) + len(ready)))
+        for spec in ready:
+            slot = free.pop(0)
+            run_dir = sweep_dir / spec.run_id
+            env = dict(os.environ)
+            if self.slots[slot]:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots[slot])
+            else:
+                env.setdefault("OMP_NUM_THREADS", str(threads))
+            with open(run_dir / LOG_FILE, "a") as log:
+                proc = subprocess.Popen(self._command(run_dir, self.slots[slot]), stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+            running[spec.run_id] = (proc, slot, time.time())
+            self.console.log(f"started {spec.run_id}")
         return waiting
 
     def _reap(self, sweep_dir, states, running, free) -> None:
