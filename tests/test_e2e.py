@@ -95,3 +95,20 @@ def test_failed_run_skips_its_dependents_and_the_rest_go_on(tmp_path):
     assert failed["state"] == "failed" and failed["error"] and failed["log"].endswith("train.log")
     skipped = read_json(sweep_dir / by_dim["finetune", 33] / "status.json")
     assert skipped["reason"] == f"dependency {by_dim['dense', 33]} failed"
+
+
+def test_generated_config_runs_with_mmdetection_tools(tmp_path):
+    import mmdet
+
+    tools = Path(mmdet.__file__).parent / ".mim" / "tools"
+    sweep = prepare(make_grid(tmp_path), tmp_path / "results")
+    config = sweep.sweep_dir / sweep.runs[0].run_id / "config.py"
+    work = tmp_path / "tools_work"
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    subprocess.run([sys.executable, str(tools / "train.py"), str(config), "--work-dir", str(work)],
+                   check=True, capture_output=True, env=env, timeout=600)
+    test = subprocess.run([sys.executable, str(tools / "test.py"), str(config), str(work / "iter_4.pth"),
+                           "--work-dir", str(work)], check=True, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert "bbox_mAP_copypaste" in test.stdout + test.stderr
+    assert "segm_mAP_copypaste" in test.stdout + test.stderr
