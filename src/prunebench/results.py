@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .grid import PRUNING_AXES as _GRID_AXES
+
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.py"
 STATUS_FILE = "status.json"
@@ -65,7 +67,7 @@ def write_status(run_dir: Path, state: str, **extra: Any) -> dict:
 MISSING = "missing"  # no result yet where one is expected (no status.json, or "done" without metrics)
 CORRUPT = "corrupt"  # a file exists but cannot be used (invalid JSON, metrics without box_ap...)
 _RUN_MARKERS = (RUN_FILE, STATUS_FILE, METRICS_FILE, CONFIG_FILE)
-PRUNING_AXES = ("pruned_tokens", "reactivation", "rate", "selector")
+PRUNING_AXES = tuple(_GRID_AXES)  # axis names, in the grid's order
 
 
 def _num(value: Any) -> float | None:
