@@ -91,11 +91,13 @@ def test_parse_mem_rejects_bad_values(value):
 
 
 def test_per_gpu_batch_keeps_the_total_batch():
-    assert S.per_gpu_batch(16, 4) == 4
-    assert S.per_gpu_batch(16, 1) == 16
-    assert S.per_gpu_batch(16, 0) == 16
+    from prunebench.job import per_gpu_batch
+
+    assert per_gpu_batch(16, 4) == 4
+    assert per_gpu_batch(16, 1) == 16
+    assert per_gpu_batch(16, 0) == 16
     with pytest.raises(ValueError, match="not divisible by 4 GPUs"):
-        S.per_gpu_batch(10, 4)
+        per_gpu_batch(10, 4)
 
 
 def test_parse_sbatch_args():

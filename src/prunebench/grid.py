@@ -177,9 +177,9 @@ def load_grid(path: str | Path) -> Grid:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise c.fail("name", f"{name!r} is not a safe folder name", "use letters, digits, - _ .")
     base = str(c.typed("base", raw.get("base", "mask-rcnn-vit"), str, "a template name or path"))
-    from .mmdet_config import TEMPLATES
+    from .mmdet_config import TEMPLATES, base_path
 
-    if base not in TEMPLATES and not (path.parent / base).is_file() and not Path(base).is_file():
+    if base_path(path, base) is None:
         raise c.fail("base", f"{base!r} is neither a built-in template nor an existing file",
                      f"use one of {', '.join(TEMPLATES)} or the path of an MMDetection config")
     backbone = _check_backbone(c, raw.get("backbone"))

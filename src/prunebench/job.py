@@ -29,6 +29,17 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
 
 
+def per_gpu_batch(total: int, gpus: int) -> int:
+    """Samples per GPU that keep the config's total batch: ``total / gpus`` (CPU: ``total``).
+    Raises ValueError when ``total`` is not divisible by ``gpus``."""
+    if gpus <= 1:
+        return total
+    if total % gpus:
+        raise ValueError(f"total batch size {total} is not divisible by {gpus} GPUs per job; set "
+                         f"data.batch_size to a multiple of {gpus} (or change gpus_per_job)")
+    return total // gpus
+
+
 def trust_run_checkpoints() -> None:
     """Let MMEngine load the checkpoints this sweep wrote itself under PyTorch >= 2.6.
 
@@ -149,12 +160,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     cfg.work_dir = str(run_dir / WORK_DIR)
     cfg.launcher = launcher
     world = _world_size() if launcher != "none" else 1
-    if world > 1:  # keep the config's total batch: samples per GPU = total / GPUs
-        total = cfg.train_dataloader.batch_size
-        if total % world:
-            raise ValueError(f"train batch size {total} is not divisible by {world} GPUs; "
-                             "set data.batch_size to a multiple of the GPU count")
-        cfg.train_dataloader.batch_size = total // world
+    cfg.train_dataloader.batch_size = per_gpu_batch(cfg.train_dataloader.batch_size, world)
     if (Path(cfg.work_dir) / "last_checkpoint").exists():
         cfg.resume, cfg.load_from = True, None  # resume this run, not its dense parent
     elif cfg.get("load_from") and not Path(cfg.load_from).exists():

@@ -18,15 +18,19 @@ TEMPLATES = {"mask-rcnn-vit": "mask_rcnn_vit.py", "mask-rcnn-vit-cpu": "mask_rcn
 _PRUNING_KWARGS = ("pruned_tokens", "reactivation", "rate", "selector")
 
 
+def base_path(grid_file: Path, base: str) -> Path | None:
+    """File of a grid's ``base``: a built-in template, or a config path relative to the grid file
+    or the working directory; None when there is no such file."""
+    if base in TEMPLATES:
+        return TEMPLATE_DIR / TEMPLATES[base]
+    return next((p for p in (grid_file.parent / base, Path(base)) if p.is_file()), None)
+
+
 def load_base(grid: Grid) -> dict:
     """The grid's base config as a plain dict (``_base_`` inheritance resolved by MMEngine)."""
     from mmengine.config import Config
 
-    if grid.base in TEMPLATES:
-        path = TEMPLATE_DIR / TEMPLATES[grid.base]
-    else:
-        path = grid.path.parent / grid.base if (grid.path.parent / grid.base).is_file() else Path(grid.base)
-    return Config.fromfile(str(path)).to_dict()
+    return Config.fromfile(str(base_path(grid.path, grid.base))).to_dict()
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:

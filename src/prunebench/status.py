@@ -4,12 +4,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from .executors.slurm import ACTIVE_STATES
 from .results import Run, scan_results
 
 STYLES = {"done": "green", "running": "blue", "pending": "dim", "skipped": "dim",
           "failed": "red", "corrupt": "red", "missing": "yellow"}
-_LIVE_SLURM = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
-               "RESIZING", "SUSPENDED", "SIGNALING", "STOPPED")
 
 
 def fmt_duration(seconds: float) -> str:
@@ -102,7 +101,7 @@ def print_status(root: Path, console) -> int:
         job = run.status.get("slurm_job_id")
         if job and str(job) in live:
             sl = live[str(job)]
-            out.append(f" [slurm {job} {sl}]", style="cyan" if sl in _LIVE_SLURM else "bold red")
+            out.append(f" [slurm {job} {sl}]", style="cyan" if sl in ACTIVE_STATES else "bold red")
         out.append(f"  {detail(run, states)}\n")
     console.print(out, end="", soft_wrap=True, highlight=False)
     counts = Counter(r.state for r in runs)

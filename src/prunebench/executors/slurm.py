@@ -86,17 +86,6 @@ def parse_mem(value: int | float | str | None) -> str | None:
     return m.group(1) + (m.group(2) or "M")
 
 
-def per_gpu_batch(total: int, gpus: int) -> int:
-    """Samples per GPU that keep the config's total batch: ``total / gpus`` (CPU: ``total``).
-    Raises ValueError when ``total`` is not divisible by ``gpus``."""
-    if gpus <= 1:
-        return total
-    if total % gpus:
-        raise ValueError(f"total batch size {total} is not divisible by {gpus} GPUs per job; set "
-                         f"data.batch_size to a multiple of {gpus} (or change gpus_per_job)")
-    return total // gpus
-
-
 def parse_sbatch_args(args: Mapping[str, Any] | Sequence[str] | str | None) -> dict[str, Any]:
     """Extra sbatch options as a dict for submitit's ``additional_parameters``. Accepts a dict
     (``{"constraint": "a100", "exclusive": True}``) or long options
@@ -269,7 +258,7 @@ class SlurmExecutor(Executor):
     Resources: ``gpus_per_job`` GPUs on one node (0: a CPU job with one task). With N > 0 GPUs the
     job has N tasks of one GPU each, and every task calls ``run_job(run_dir, launcher="slurm")``
     (MMEngine's distributed training; rank 0 writes the files). The config's batch size is the
-    total batch: each GPU gets ``total / N`` (see :func:`per_gpu_batch`).
+    total batch: each GPU gets ``total / N`` (see :func:`prunebench.job.per_gpu_batch`).
     ``time`` is minutes or a Slurm time (``24:00:00``); ``mem`` per node (``64G`` or GB);
     ``sbatch_args`` extra sbatch options (dict or ``["--constraint=a100"]``).
     Logs: ``<run_dir>/slurm/<jobid>_0_log.out`` (or ``<log_dir>/<run_id>/``), linked as
