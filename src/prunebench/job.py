@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
+from .checkpoint import allow_mmengine_checkpoints
 from .executors.base import is_finished
 from .grid import RunSpec
 from .results import (CONFIG_FILE, LOG_FILE, METRICS_FILE, RUN_FILE, WORK_DIR, atomic_write_json,
@@ -38,17 +39,6 @@ def per_gpu_batch(total: int, gpus: int) -> int:
         raise ValueError(f"total batch size {total} is not divisible by {gpus} GPUs per job; set "
                          f"data.batch_size to a multiple of {gpus} (or change gpus_per_job)")
     return total // gpus
-
-
-def trust_run_checkpoints() -> None:
-    """Let MMEngine load the checkpoints this sweep wrote itself under PyTorch >= 2.6.
-
-    ``torch.load`` now defaults to ``weights_only=True``, which refuses MMEngine checkpoints: their
-    ``meta`` pickles the message hub (HistoryBuffer statistics are stored as ``getattr`` calls).
-    The job only loads its own and its dense parent's checkpoints (or a ``load_from`` the user
-    set), so it restores the pre-2.6 default for this process alone.
-    """
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
 class _StatusHook(Hook):
@@ -155,7 +145,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
 
     from .bench import measure_detector
 
-    trust_run_checkpoints()
+    allow_mmengine_checkpoints()
     cfg = Config.fromfile(str(run_dir / CONFIG_FILE))
     cfg.work_dir = str(run_dir / WORK_DIR)
     cfg.launcher = launcher

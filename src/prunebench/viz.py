@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .checkpoint import mmengine_checkpoint_globals
 from .results import CONFIG_FILE, WORK_DIR
 
 _DEFAULT_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
@@ -39,18 +40,6 @@ def resize_spec(cfg) -> tuple[tuple[int, int] | None, bool]:
     return None, True
 
 
-def _checkpoint_globals() -> list:
-    """What MMEngine checkpoints pickle besides tensors: the message hub's HistoryBuffers (whose
-    statistics methods are stored as ``getattr`` calls) and numpy arrays/scalars."""
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return [getattr, HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar,
-            *dtypes]
-
-
 def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
     """Load an MMEngine checkpoint's ``state_dict`` with ``torch.load(weights_only=True)`` (the
     PyTorch >= 2.6 default, kept: the file may come from anywhere); ``bare_backbone``: keep only
@@ -58,7 +47,7 @@ def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
     import torch
 
     try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
+        with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
             data = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), str(e)[:200])
