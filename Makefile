@@ -14,7 +14,7 @@ test-fast: setup
 demo: setup
 	$(BIN)/prunebench doctor
 	$(BIN)/prunebench sweep ablations/smoke.yaml
-	$(BIN)/prunebench report results/smoke --plot results/smoke/pareto.png
+	$(BIN)/prunebench report results/smoke --paper --plot results/smoke/pareto.png
 
 clean:
 	rm -rf $(VENV) results/smoke

@@ -7,7 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunebench.grid import expand, load_grid
+from prunebench.grid import load_grid
+from prunebench.spec import expand
 from prunebench.sweep import prepare
 
 GRID = """\
@@ -33,7 +34,7 @@ def main() -> None:
         expand_s, prepare_s = [], []
         for i in range(3):
             t = time.perf_counter()
-            runs = expand(load_grid(path))
+            runs, _ = expand(load_grid(path))
             expand_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             prepare(path, Path(tmp) / f"results{i}")

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,27 +60,63 @@ def test_two_point_sweep_writes_complete_metrics(tmp_path):
     assert mtimes == {r: (sweep_dir / r / "metrics.json").stat().st_mtime for r in states}
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path):
-    grid = make_grid(tmp_path, dense_iters=40)
-    sweep = prepare(grid, tmp_path / "results")
-    dense_dir = sweep.sweep_dir / sweep.runs[0].run_id
-    proc = subprocess.Popen([sys.executable, "-m", "prunebench.job", str(dense_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    marker = dense_dir / "work_dir" / "last_checkpoint"
-    while not marker.exists() and time.time() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "job ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = int(Path(marker.read_text().strip()).stem.split("_")[1])
-    assert saved < 40
-    assert not (dense_dir / "metrics.json").exists()
+def job_processes(run_dir: Path) -> list[int]:
+    """The run's job processes: live (not zombie) processes whose command line names ``run_dir``,
+    less their own children (dataloader workers)."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if str(run_dir).encode() in cmd and state != "Z":
+            parents[int(proc.name)] = int(ppid)
+    return sorted(pid for pid, ppid in parents.items() if ppid not in parents)
 
-    states = run_sweep(grid, tmp_path / "results")
+
+def test_kill_9_of_the_sweep_then_rerun_resumes_with_one_job_at_a_time(tmp_path):
+    grid = make_grid(tmp_path, dense_iters=40)
+    sweep_dir = tmp_path / "results" / "e2e"
+    cli = Path(sys.executable).with_name("prunebench")
+    sweep = subprocess.Popen([str(cli), "sweep", str(grid), "--results", str(tmp_path / "results")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(sweep_dir.glob("dense-*/work_dir/last_checkpoint")) and time.time() < deadline:
+        time.sleep(0.5)
+    (dense_dir,) = sweep_dir.glob("dense-*")
+    assert sweep.poll() is None, "sweep ended before it could be killed"
+    (job,) = job_processes(dense_dir)
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    deadline = time.time() + 10
+    while job_processes(dense_dir) and time.time() < deadline:  # the job dies with its sweep
+        time.sleep(0.1)
+    assert job_processes(dense_dir) == [], f"job {job} outlived its sweep"
+    marker = dense_dir / "work_dir" / "last_checkpoint"
+    saved = int(Path(marker.read_text().strip()).stem.split("_")[1])
+    assert saved < 40 and not (dense_dir / "metrics.json").exists()
+
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch():  # how many job processes work on the dense run at once, while the rerun goes
+        while not stop.is_set():
+            seen.append(len(job_processes(dense_dir)))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        states = run_sweep(grid, tmp_path / "results")
+    finally:
+        stop.set()
+        watcher.join()
     assert set(states.values()) == {"done"}
+    assert max(seen) == 1
     log = (dense_dir / "train.log").read_text()
     assert f"resumed epoch: 0, iter: {saved}" in log  # continued, did not start over
+    assert log.count("bbox_mAP_copypaste") == 1  # tested (and finished) once
 
 
 def test_failed_run_skips_its_dependents_and_the_rest_go_on(tmp_path):

@@ -1,44 +1,24 @@
-"""Reading run folders: states, tolerance of missing/partial/corrupt files, folder layouts.
-
-``make_run`` is the hand-made run folder builder that test_report/test_status import too."""
+"""Run folders: states, tolerance of missing/partial/corrupt files, folder layouts, the one rule
+of "finished", recording failures, and the lock that makes one writer per run."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from prunebench.results import (CORRUPT, METRICS_FILE, MISSING, STATUS_FILE, load_run, read_json,
-                                scan_results, write_status)
-
-DENSE_AXES = {"pruned_tokens": None, "reactivation": None, "rate": None, "selector": None}
-
-
-def make_run(sweep_dir: Path, run_id: str, axes: dict | None = None, *, state: str = "done", seed: int = 0,
-             box: float | None = None, mask: float | None = None, full: float | None = None,
-             bb: float | None = None, keep: float = 1.0, flops: float = 10.0, backbone: str = "deit-small",
-             **status) -> Path:
-    """Write a run folder as the job runner would; ``metrics.json`` only when ``box`` is given."""
-    axes = dict(DENSE_AXES if axes is None else axes)
-    stage = "dense" if all(axes.get(a) is None for a in DENSE_AXES) else "finetune"
-    run_dir = Path(sweep_dir) / run_id
-    run_dir.mkdir(parents=True)
-    ident = {"run_id": run_id, "sweep": Path(sweep_dir).name, "stage": stage, "backbone": backbone,
-             "seed": seed, "axes": axes}
-    (run_dir / "run.json").write_text(json.dumps({**ident, "depends_on": [], "overrides": {}}))
-    (run_dir / "config.py").write_text("model = dict()\n")
-    write_status(run_dir, state, **status)
-    if box is not None:
-        metrics = {**ident, "box_ap": box, "mask_ap": mask, "coco": {"bbox_mAP": box / 100},
-                   "latency_ms": {"backbone": bb, "full": full, "device": "cpu", "input_size": [512, 512],
-                                  "batch": 1, "repeats": 10},
-                   "flops_g": {"backbone": flops, "full": None},
-                   "keep_ratio": {"mean": keep, "per_layer": [keep]}, "env": {}, "train_time_s": 1.0}
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics))
-    return run_dir
+from prunebench import results
+from prunebench.results import (CORRUPT, LOCK_FILE, METRICS_FILE, MISSING, STATUS_FILE, RunLocked, is_finished,
+                                load_run, lock_holder, read_json, record_failure, run_lock, scan_results,
+                                write_status)
 
 
-def test_states_and_problems(tmp_path):
+def test_states_and_problems(tmp_path, make_run):
     sweep = tmp_path / "s"
     make_run(sweep, "a-dense", box=40.0, mask=36.0, full=100.0, bb=60.0)
     make_run(sweep, "b-failed", {"pruned_tokens": "discard"}, state="failed", error="x\nCUDA out of memory",
@@ -76,7 +56,7 @@ def test_states_and_problems(tmp_path):
     assert not runs["b-failed"].is_dense and runs["b-failed"].status["log"] == "/r/b/train.log"
 
 
-def test_layouts(tmp_path):
+def test_layouts(tmp_path, make_run):
     for sweep in ("s1", "s2"):
         make_run(tmp_path / sweep, "dense", box=40.0, mask=36.0, full=100.0, bb=60.0)
     (tmp_path / "empty-sweep").mkdir()
@@ -95,3 +75,78 @@ def test_writer_side_unchanged(tmp_path):
     with pytest.raises(ValueError):
         write_status(tmp_path, "bogus")
     assert load_run(tmp_path).state == MISSING  # status done, no metrics
+
+
+@pytest.mark.parametrize("metrics, finished", [
+    ({"box_ap": 40.0, "latency_ms": {"full": 1.0}}, True),
+    ({"box_ap": 40.0, "latency_ms": None}, False),  # the key is there, the value is not
+    ({"latency_ms": {"full": 1.0}}, False),
+    ("[1]", False),
+    ('{"box_ap": 4', False),
+    (None, False),
+])
+def test_one_rule_of_finished(tmp_path, make_run, metrics, finished):
+    run_dir = make_run(tmp_path / "s", "r", state="running")
+    if metrics is not None:
+        (run_dir / METRICS_FILE).write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    assert is_finished(run_dir) is finished
+    assert (load_run(run_dir).state == "done") is finished  # the reader applies the same rule
+
+
+def test_record_failure_only_when_the_process_did_not(tmp_path, make_run, hold_lock):
+    run_dir = make_run(tmp_path / "s", "r", state="running")
+    assert record_failure(run_dir, "exit code -9", log="x.log")["state"] == "failed"
+    assert read_json(run_dir / STATUS_FILE)["error"] == "exit code -9"
+    write_status(run_dir, "failed", error="CUDA out of memory")  # the job said why
+    assert record_failure(run_dir, "exit code 1")["error"] == "CUDA out of memory"
+    write_status(run_dir, "pending", reason="requeued")
+    assert record_failure(run_dir, "SystemExit", keep=("failed", "pending"))["state"] == "pending"
+    assert record_failure(run_dir, "exit code 1")["state"] == "failed"  # a pending run that died
+    write_status(run_dir, "running")
+    holder = hold_lock(run_dir)  # someone else is running it now: not ours to mark
+    assert record_failure(run_dir, "exit code 75")["state"] == "running"
+    holder.release()
+    (run_dir / METRICS_FILE).write_text(json.dumps({"box_ap": 1.0, "latency_ms": {"full": 1.0}}))
+    assert record_failure(run_dir, "exit code 1")["state"] == "running"  # finished: nothing failed
+
+
+def test_lock_names_its_holder_and_keeps_others_out(tmp_path, hold_lock):
+    assert lock_holder(tmp_path) is None
+    holder = hold_lock(tmp_path)
+    seen = lock_holder(tmp_path)
+    assert (seen.pid, seen.host) == (holder.pid, socket.gethostname())
+    with pytest.raises(RunLocked, match=f"running elsewhere \\(pid {holder.pid} on "):
+        with run_lock(tmp_path, wait_s=0.2):
+            pass
+    holder.release()
+    assert lock_holder(tmp_path) is None
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+        assert lock_holder(tmp_path) is None  # this process is not "elsewhere"
+        with run_lock(tmp_path):  # re-entrant: run_job inside the job process's lock
+            pass
+        code = f"from prunebench.results import lock_holder; print(lock_holder({str(tmp_path)!r}).pid)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+        assert int(out) == os.getpid()  # still held after the inner block
+    assert lock_holder(tmp_path) is None
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    code = ("import os, sys; from prunebench.results import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    os.kill(os.getpid(), 9)")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == -9
+    dead = json.loads((tmp_path / LOCK_FILE).read_text())["pid"]
+    assert lock_holder(tmp_path) is None
+    with run_lock(tmp_path, wait_s=0):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid() != dead
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(results.fcntl, "flock", no_locks)
+    with run_lock(tmp_path):
+        pass
+    assert "no locks" in caplog.text
+    assert lock_holder(tmp_path) is None

@@ -1,9 +1,9 @@
-"""Slurm executor: unit tests (no cluster: option parsing, sbatch parameters, dependency and
-skip/resubmit decisions, job wrapper) and integration tests on the local test cluster
-(``bash scripts/slurm_cluster.sh start``; marked ``slurm``, skipped when no idle node)."""
+"""Slurm backend: unit tests (no cluster: options, sbatch parameters, re-run decisions, the queue
+query, the job callable) and integration tests on the local test cluster
+(``bash scripts/slurm_cluster.sh start``; marked ``slurm``, skipped when no idle node). The
+behaviour it shares with every executor is in test_executors.py."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -14,26 +14,25 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FAKE_JOB, make_fake_runs, read_trace
+from rich.console import Console
 
-from prunebench.executors import get_executor
-from prunebench.executors import slurm as S
-from prunebench.executors.base import is_finished
-from prunebench.grid import RunSpec
-from prunebench.results import atomic_write_json, read_json, write_status
+from prunebench.executors.slurm import queue as Q
+from prunebench.executors.slurm.executor import SlurmExecutor
+from prunebench.executors.slurm.options import SlurmOptions, parse_mem, parse_sbatch_args, parse_time
+from prunebench.executors.slurm.queue import JobState, Phase
+from prunebench.grid import GridError
+from prunebench.results import atomic_write_json, is_finished, read_json, write_status
+from prunebench.sweep import make_executor
 
 ROOT = Path(__file__).resolve().parents[1]
-DENSE, FT = "dense-s0-aaaaaa", "preserve-react-dyn-mlp-s0-bbbbbb"
-FAKE_FN = f"{__name__}:fake_run_job"
+QUIET = Console(quiet=True)
 
 
-def make_runs(sweep_dir: Path, sleep: float = 0.0) -> list[RunSpec]:
-    runs = [RunSpec(DENSE, sweep_dir.name, "dense", "deit-tiny", 0, {"selector": None}),
-            RunSpec(FT, sweep_dir.name, "finetune", "deit-tiny", 0, {"selector": "mlp"}, (DENSE,))]
-    for spec in runs:
-        (sweep_dir / spec.run_id).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(sweep_dir / spec.run_id / "run.json", spec.to_json())
-        atomic_write_json(sweep_dir / spec.run_id / "fake.json", {"steps": 4, "sleep": sleep})
-    return runs
+def two_runs(sweep_dir: Path, **fake):
+    """A dense run and one finetune depending on it; returns (runs, dense dir, finetune dir)."""
+    runs = make_fake_runs(sweep_dir, finetunes=1, **fake)
+    return runs, sweep_dir / runs[0].run_id, sweep_dir / runs[1].run_id
 
 
 def finish(run_dir: Path) -> None:
@@ -42,52 +41,31 @@ def finish(run_dir: Path) -> None:
     write_status(run_dir, "done")
 
 
-def fake_run_job(run_dir, launcher="none"):
-    """Stand-in for prunebench.job.run_job (imported on the node as test_slurm:fake_run_job):
-    ``steps`` steps of ``sleep`` s, a "checkpoint" after each, resumes from the last one."""
-    run_dir = Path(run_dir)
-    cfg = read_json(run_dir / "fake.json") or {}
-    ckpt = run_dir / "fake_ckpt.json"
-    start = (read_json(ckpt) or {}).get("step", 0)
-    t_start = time.time()
-    write_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed_from=start)
-    if cfg.get("fail"):
-        raise RuntimeError("fake failure")
-    for step in range(start, cfg.get("steps", 1)):
-        time.sleep(cfg.get("sleep", 0))
-        atomic_write_json(ckpt, {"step": step + 1})
-    metrics = {"run_id": run_dir.name, "box_ap": 1.0, "mask_ap": 1.0, "latency_ms": {"full": 1.0},
-               "resumed_from": start, "launcher": launcher, "t_start": t_start, "t_end": time.time()}
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    write_status(run_dir, "done")
-    return metrics
-
-
-# ============================================================================ option parsing
+# ============================================================================ options
 
 @pytest.mark.parametrize("value, minutes", [(90, 90), (2.5, 3), ("30", 30), ("1:30", 2), ("24:00:00", 1440),
                                             ("0:00:59", 1), ("1-12", 2160), ("1-00:30", 1470),
                                             ("2-00:00:00", 2880)])
 def test_parse_time(value, minutes):
-    assert S.parse_time(value) == minutes
+    assert parse_time(value) == minutes
 
 
 @pytest.mark.parametrize("value", ["", "abc", "1:2:3:4", "24h", 0, -5, "0:00:00", True])
 def test_parse_time_rejects_bad_values(value):
     with pytest.raises(ValueError, match="Slurm time"):
-        S.parse_time(value)
+        parse_time(value)
 
 
 @pytest.mark.parametrize("value, mem", [(64, "64G"), (1.5, "1536M"), ("64G", "64G"), ("64gb", "64G"),
                                         ("16000M", "16000M"), ("16000", "16000M"), (None, None)])
 def test_parse_mem(value, mem):
-    assert S.parse_mem(value) == mem
+    assert parse_mem(value) == mem
 
 
 @pytest.mark.parametrize("value", ["lots", "0G", 0, "-4G"])
 def test_parse_mem_rejects_bad_values(value):
     with pytest.raises(ValueError, match="memory"):
-        S.parse_mem(value)
+        parse_mem(value)
 
 
 def test_per_gpu_batch_keeps_the_total_batch():
@@ -101,43 +79,71 @@ def test_per_gpu_batch_keeps_the_total_batch():
 
 
 def test_parse_sbatch_args():
-    assert S.parse_sbatch_args({"constraint": "a100", "exclusive": True}) == {"constraint": "a100",
-                                                                           "exclusive": True}
-    assert S.parse_sbatch_args({"mail_type": "END"}) == {"mail-type": "END"}
-    assert S.parse_sbatch_args(["--constraint=a100", "--exclusive"]) == {"constraint": "a100",
-                                                                       "exclusive": True}
-    assert S.parse_sbatch_args("--nice=10 --exclusive") == {"nice": "10", "exclusive": True}
-    assert S.parse_sbatch_args(None) == {}
+    assert parse_sbatch_args({"constraint": "a100", "exclusive": True}) == {"constraint": "a100", "exclusive": True}
+    assert parse_sbatch_args({"mail_type": "END"}) == {"mail-type": "END"}
+    assert parse_sbatch_args(["--constraint=a100", "--exclusive"]) == {"constraint": "a100", "exclusive": True}
+    assert parse_sbatch_args("--nice=10 --exclusive") == {"nice": "10", "exclusive": True}
+    assert parse_sbatch_args(None) == {}
     with pytest.raises(ValueError, match="long options"):
-        S.parse_sbatch_args(["-C", "a100"])
+        parse_sbatch_args(["-C", "a100"])
 
 
-def test_constructor_rejects_bad_options():
+def test_options_reject_bad_values():
     with pytest.raises(ValueError, match="gpus_per_job"):
-        S.SlurmExecutor(gpus_per_job=-1)
+        SlurmOptions.create(gpus_per_job=-1)
     with pytest.raises(ValueError, match="Slurm time"):
-        get_executor("slurm", time="tomorrow")
+        SlurmOptions.create(time="tomorrow")
     with pytest.raises(ValueError, match="cpus_per_task"):
-        S.SlurmExecutor(cpus_per_task=0)
-    assert S.SlurmExecutor(gpus_per_job=None).gpus_per_job == 0  # CLI passes None when unset
+        SlurmOptions.create(cpus_per_task=0)
+    with pytest.raises(ValueError, match="unknown Slurm option.*gpus$|unknown Slurm option"):
+        SlurmOptions.create(gpus=2)
+    assert SlurmOptions.create(gpus_per_job=None).gpus_per_job == 0  # the CLI passes None when unset
+
+
+def test_options_merge_grid_section_and_command_line():
+    grid = {"partition": "gpu", "gpus_per_job": 4, "time": "1:00:00", "mem": 64, "sbatch_args": ["--exclusive"]}
+    opts = SlurmOptions.merge(grid, {"time": "2:00:00", "partition": None, "qos": "high"})
+    assert (opts.partition, opts.gpus_per_job, opts.time, opts.mem, opts.qos) == ("gpu", 4, 120, "64G", "high")
+    assert opts.sbatch_args == {"exclusive": True} and opts.launcher == "slurm"
+    assert SlurmOptions.merge(None, {}) == SlurmOptions()
+
+
+def make_grid(tmp_path: Path, slurm: str):
+    from prunebench.grid import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: g\naxes: {{pruned_tokens: [preserve]}}\nslurm: {slurm}\n")
+    return load_grid(path)
+
+
+def test_sweep_builds_the_executor_from_grid_and_command_line(tmp_path):
+    grid = make_grid(tmp_path, "{partition: gpu, time: 90}")
+    ex = make_executor("slurm", grid, {"time": None, "mem": "8G", "wait": True, "poll_s": 1})
+    assert (ex.options.partition, ex.options.time, ex.options.mem, ex.wait, ex.poll_s) == ("gpu", 90, "8G", True, 1)
+    with pytest.raises(GridError, match=r"g\.yaml.*slurm.*Slurm time"):
+        make_executor("slurm", make_grid(tmp_path, "{time: tomorrow}"))
+    with pytest.raises(GridError, match="Slurm option: invalid memory"):
+        make_executor("slurm", grid, {"mem": "lots"})
+    with pytest.raises(GridError, match="unknown executor"):
+        make_executor("cloud", grid)
 
 
 # ============================================================================ sbatch parameters
 
 def test_sbatch_parameters_cpu_job():
-    p = S.SlurmExecutor().sbatch_parameters(DENSE)
-    assert p["job_name"] == DENSE and p["time"] == 1440 and p["ntasks_per_node"] == 1 and p["nodes"] == 1
+    p = SlurmOptions().sbatch_parameters("dense")
+    assert p["job_name"] == "dense" and p["time"] == 1440 and p["ntasks_per_node"] == 1 and p["nodes"] == 1
     assert "gpus_per_node" not in p and "dependency" not in p and "partition" not in p
     assert p["additional_parameters"]["requeue"] is True and p["additional_parameters"]["hold"] is True
-    assert S.SlurmExecutor().launcher == "none"
+    assert SlurmOptions().launcher == "none"
 
 
 def test_sbatch_parameters_multi_gpu_job_and_dependency():
-    ex = S.SlurmExecutor(partition="gpu", gpus_per_job=4, cpus_per_task=8, mem="64G", time=90,
-                         account="proj", qos="high", sbatch_args=["--constraint=a100"])
-    p = ex.sbatch_parameters(FT, ["11", "12"])
+    opts = SlurmOptions.create(partition="gpu", gpus_per_job=4, cpus_per_task=8, mem="64G", time=90,
+                               account="proj", qos="high", sbatch_args=["--constraint=a100"])
+    p = opts.sbatch_parameters("ft", ["11", "12"])
     assert p["gpus_per_node"] == 4 and p["ntasks_per_node"] == 4  # one task per GPU
-    assert ex.launcher == "slurm"
+    assert opts.launcher == "slurm"
     assert p["dependency"] == "afterok:11:12"
     assert (p["partition"], p["cpus_per_task"], p["mem"], p["time"], p["account"], p["qos"]) == (
         "gpu", 8, "64G", 90, "proj", "high")
@@ -146,21 +152,59 @@ def test_sbatch_parameters_multi_gpu_job_and_dependency():
 
 def test_sbatch_script_written_by_submitit(tmp_path):
     submitit_slurm = pytest.importorskip("submitit.slurm.slurm")
-    ex = S.SlurmExecutor(gpus_per_job=2, time="1-00:00:00", sbatch_args={"constraint": "a100"})
+    opts = SlurmOptions.create(gpus_per_job=2, time="1-00:00:00", sbatch_args={"constraint": "a100"})
     text = submitit_slurm._make_sbatch_string(command="python -m x", folder=tmp_path,
-                                              **ex.sbatch_parameters(FT, ["42"]))
+                                              **opts.sbatch_parameters("ft", ["42"]))
     for line in ("#SBATCH --dependency=afterok:42", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --ntasks-per-node=2", "#SBATCH --time=1440", "#SBATCH --requeue",
                  "#SBATCH --hold", "#SBATCH --signal=USR2@120", "#SBATCH --constraint=a100",
-                 f"#SBATCH --job-name={FT}"):
+                 "#SBATCH --job-name=ft"):
         assert line in text.splitlines(), line
     assert "srun" in text
 
 
+# ============================================================================ the queue query
+
+def test_query_asks_squeue_then_sacct_once_each(monkeypatch):
+    calls = []
+
+    def run(cmd):
+        calls.append(cmd)
+        if cmd[0] == "squeue":
+            return "5|RUNNING|None\n6|PENDING|Dependency\n7|PENDING|DependencyNeverSatisfied\n8|PENDING|JobHeldUser\n"
+        return "3|COMPLETED\n4|CANCELLED by 0\n"
+
+    monkeypatch.setattr(Q, "_run", run)
+    got = Q.query(["3", "4", "5", "6", "6", "7", "8", ""])
+    assert got == {"3": JobState("3", "COMPLETED"), "4": JobState("4", "CANCELLED"), "5": JobState("5", "RUNNING"),
+                   "6": JobState("6", "PENDING", "Dependency"),
+                   "7": JobState("7", "PENDING", "DependencyNeverSatisfied"), "8": JobState("8", "PENDING", "JobHeldUser")}
+    assert [c[0] for c in calls] == ["squeue", "sacct"] and calls[1][-1] == "3,4"  # sacct: only the rest
+    assert [got[j].phase for j in "345678"] == [Phase.ENDED, Phase.ENDED, Phase.RUNNING, Phase.QUEUED,
+                                                Phase.NEVER, Phase.HELD]
+    assert [got[j].alive for j in "345678"] == [False, False, True, True, False, True]
+
+
+@pytest.mark.parametrize("state, reason, phase", [
+    ("REQUEUED", "", Phase.QUEUED), ("PREEMPTED", "", Phase.QUEUED), ("COMPLETING", "", Phase.RUNNING),
+    ("TIMEOUT", "", Phase.ENDED), ("NODE_FAIL", "", Phase.ENDED), ("OUT_OF_MEMORY", "", Phase.ENDED),
+    ("PENDING", "Priority", Phase.QUEUED), ("PENDING", "BeginTime", Phase.QUEUED),
+    ("PENDING", "DependencyNeverSatisfiedX", Phase.QUEUED),  # reason codes match exactly
+])
+def test_phase_of_a_state(state, reason, phase):
+    assert JobState("1", state, reason).phase is phase
+
+
+def test_query_without_slurm_tools_is_empty(monkeypatch):
+    monkeypatch.setattr(Q.shutil, "which", lambda name: None)
+    assert Q.query(["1", "2"]) == {}
+    assert Q.query([]) == {}
+
+
 # ============================================================================ decisions
 
-def live_of(**states):
-    return {str(k): v if isinstance(v, tuple) else (v, "None") for k, v in states.items()}
+def live(**states) -> dict[str, JobState]:
+    return {k: JobState(k, *(v if isinstance(v, tuple) else (v,))) for k, v in states.items()}
 
 
 def set_job(run_dir: Path, job: str, state: str = "pending") -> None:
@@ -172,250 +216,290 @@ def actions(plan):
 
 
 def test_plan_fresh_sweep_submits_everything_dense_first(tmp_path):
-    runs = make_runs(tmp_path)
-    plan = S.SlurmExecutor().plan(tmp_path, list(reversed(runs)), {})
-    assert [spec.run_id for spec, _, _ in plan] == [DENSE, FT]
-    assert actions(plan) == {DENSE: "submit", FT: "submit"}
+    runs, dense, ft = two_runs(tmp_path)
+    plan = SlurmExecutor().plan(tmp_path, list(reversed(runs)), {})
+    assert [spec.run_id for spec, _, _ in plan] == [dense.name, ft.name]
+    assert actions(plan) == {dense.name: "submit", ft.name: "submit"}
 
 
 def test_plan_skips_finished_and_live_runs(tmp_path):
-    runs = make_runs(tmp_path)
-    finish(tmp_path / DENSE)
-    set_job(tmp_path / FT, "7", "running")
-    assert actions(S.SlurmExecutor().plan(tmp_path, runs, live_of(**{"7": "RUNNING"}))) == {
-        DENSE: "done", FT: "keep"}
+    runs, dense, ft = two_runs(tmp_path)
+    finish(dense)
+    set_job(ft, "7", "running")
+    assert actions(SlurmExecutor().plan(tmp_path, runs, live(**{"7": "RUNNING"}))) == {dense.name: "done",
+                                                                                      ft.name: "keep"}
 
 
 def test_plan_resubmits_failed_lost_and_stuck_jobs(tmp_path):
-    runs = make_runs(tmp_path)
-    set_job(tmp_path / DENSE, "5", "failed")
-    set_job(tmp_path / FT, "6")
-    plan = S.SlurmExecutor().plan(tmp_path, runs, live_of(**{"5": "FAILED",
-                                                             "6": ("PENDING", "DependencyNeverSatisfied")}))
-    assert actions(plan) == {DENSE: "submit", FT: "resubmit"}
+    runs, dense, ft = two_runs(tmp_path)
+    set_job(dense, "5", "failed")
+    set_job(ft, "6")
+    plan = SlurmExecutor().plan(tmp_path, runs, live(**{"5": "FAILED", "6": ("PENDING", "DependencyNeverSatisfied")}))
+    assert actions(plan) == {dense.name: "submit", ft.name: "resubmit"}
     # a job left held by a submission cut short before its release is replaced
-    plan = S.SlurmExecutor().plan(tmp_path, runs, live_of(**{"5": "FAILED", "6": ("PENDING", "JobHeldUser")}))
-    assert actions(plan) == {DENSE: "submit", FT: "resubmit"}
+    plan = SlurmExecutor().plan(tmp_path, runs, live(**{"5": "FAILED", "6": ("PENDING", "JobHeldUser")}))
+    assert actions(plan) == {dense.name: "submit", ft.name: "resubmit"}
     # a job Slurm no longer knows (lost, purged) is submitted again
-    assert actions(S.SlurmExecutor().plan(tmp_path, runs, {}))[DENSE] == "submit"
+    assert actions(SlurmExecutor().plan(tmp_path, runs, {}))[dense.name] == "submit"
     # a finetune still waiting on the dense run's old job is moved to the new one
-    plan = S.SlurmExecutor().plan(tmp_path, runs, live_of(**{"5": "CANCELLED", "6": ("PENDING", "Dependency")}))
-    assert actions(plan) == {DENSE: "submit", FT: "resubmit"}
+    plan = SlurmExecutor().plan(tmp_path, runs, live(**{"5": "CANCELLED", "6": ("PENDING", "Dependency")}))
+    assert actions(plan) == {dense.name: "submit", ft.name: "resubmit"}
+
+
+def test_plan_leaves_a_run_locked_elsewhere_and_its_dependents(tmp_path, hold_lock):
+    runs, dense, ft = two_runs(tmp_path)
+    holder = hold_lock(dense)
+    plan = SlurmExecutor().plan(tmp_path, runs, {})
+    assert actions(plan) == {dense.name: "elsewhere", ft.name: "later"}
+    assert f"running elsewhere (pid {holder.pid} on" in plan[0][2]
+    set_job(dense, "5", "running")  # its own live Slurm job holds the lock: kept as usual
+    assert actions(SlurmExecutor().plan(tmp_path, runs, live(**{"5": "RUNNING"})))[dense.name] == "keep"
 
 
 def test_plan_rejects_a_dependency_outside_the_submission(tmp_path):
-    runs = make_runs(tmp_path)
+    runs, dense, ft = two_runs(tmp_path)
     with pytest.raises(ValueError, match="neither finished nor part of this submission"):
-        S.SlurmExecutor().plan(tmp_path, runs[1:], {})
-    finish(tmp_path / DENSE)
-    assert actions(S.SlurmExecutor().plan(tmp_path, runs[1:], {})) == {FT: "submit"}
+        SlurmExecutor().plan(tmp_path, runs[1:], {})
+    finish(dense)
+    assert actions(SlurmExecutor().plan(tmp_path, runs[1:], {})) == {ft.name: "submit"}
 
 
-class FakeSlurm:
-    """Replaces the executor's Slurm calls: records submissions and cancellations."""
+class FakeQueue:
+    """Submitter and query for SlurmExecutor that record what it asks and run nothing."""
 
-    def __init__(self, monkeypatch, live=None, first_id=100):
-        self.live, self.next_id = dict(live or {}), first_id
+    def __init__(self, states=None, first_id=100):
+        self.states, self.next_id = states if callable(states) else dict(states or {}), first_id
         self.submitted: list[tuple[str, list[str]]] = []
         self.cancelled: list[str] = []
-        monkeypatch.setattr(S.shutil, "which", lambda name: f"/usr/bin/{name}")
-        monkeypatch.setattr(S, "_squeue", lambda ids: {j: self.live[j] for j in ids if j in self.live})
-        monkeypatch.setattr(S, "_sacct", lambda ids: {})
-        monkeypatch.setattr(S.SlurmExecutor, "_submit", self._submit)
-        monkeypatch.setattr(S.SlurmExecutor, "_cancel", staticmethod(self.cancelled.append))
+        self.released: list[str] = []
+        self.queries = 0
 
-    def _submit(self, sweep_dir, spec, deps):  # bound to FakeSlurm, patched onto the executor
-        job = str(self.next_id)
+    def submit(self, run_dir, run_id, job, deps):
+        job_id = str(self.next_id)
         self.next_id += 1
-        self.submitted.append((spec.run_id, list(deps)))
-        write_status(Path(sweep_dir) / spec.run_id, "pending", slurm_job_id=job)
-        return job
+        self.submitted.append((run_id, list(deps)))
+        return job_id, Path(run_dir) / "slurm" / f"{job_id}_0_log.out"
+
+    def release(self, job_id):
+        self.released.append(job_id)
+
+    def cancel(self, job_id):
+        self.cancelled.append(job_id)
+
+    def query(self, ids):
+        self.queries += 1
+        states = self.states(self.queries) if callable(self.states) else self.states
+        return {j: states[j] for j in ids if j in states}
+
+    def executor(self, **kw):
+        return SlurmExecutor(console=QUIET, query=self.query, submitter=self, **kw)
 
 
-def quiet_executor(**kw):
-    return S.SlurmExecutor(console=type("C", (), {"log": lambda self, *a, **k: None})(), **kw)
+def test_run_translates_dependencies_to_afterok_job_ids(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+    fake = FakeQueue()
+    assert fake.executor().run(tmp_path, runs) == {dense.name: "submitted", ft.name: "submitted"}
+    assert fake.submitted == [(dense.name, []), (ft.name, ["100"])] and fake.released == ["100", "101"]
+    status = read_json(ft / "status.json")
+    assert status["state"] == "pending" and status["slurm_job_id"] == "101" and "after 100" in status["reason"]
 
 
-def test_run_translates_dependencies_to_afterok_job_ids(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    fake = FakeSlurm(monkeypatch)
-    states = quiet_executor().run(tmp_path, runs)
-    assert fake.submitted == [(DENSE, []), (FT, ["100"])]
-    assert states == {DENSE: "submitted", FT: "submitted"}
-    assert read_json(tmp_path / FT / "status.json")["slurm_job_id"] == "101"
-
-
-def test_run_again_skips_queued_and_finished_runs(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    set_job(tmp_path / DENSE, "5")
-    set_job(tmp_path / FT, "6")
-    fake = FakeSlurm(monkeypatch, live_of(**{"5": "RUNNING", "6": ("PENDING", "Dependency")}))
-    assert quiet_executor().run(tmp_path, runs) == {DENSE: "running", FT: "pending"}
+def test_run_again_skips_queued_and_finished_runs(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+    set_job(dense, "5")
+    set_job(ft, "6")
+    fake = FakeQueue(live(**{"5": "RUNNING", "6": ("PENDING", "Dependency")}))
+    assert fake.executor().run(tmp_path, runs) == {dense.name: "running", ft.name: "pending"}
     assert fake.submitted == [] and fake.cancelled == []
-    finish(tmp_path / DENSE)
-    finish(tmp_path / FT)
-    assert quiet_executor().run(tmp_path, runs) == {DENSE: "done", FT: "done"}
+    finish(dense)
+    finish(ft)
+    assert fake.executor().run(tmp_path, runs) == {dense.name: "done", ft.name: "done"}
     assert fake.submitted == []
 
 
-def test_run_finetune_of_a_finished_dense_run_has_no_dependency(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    finish(tmp_path / DENSE)
-    set_job(tmp_path / FT, "6", "failed")
-    fake = FakeSlurm(monkeypatch, live_of(**{"6": "FAILED"}))
-    assert quiet_executor().run(tmp_path, runs) == {DENSE: "done", FT: "submitted"}
-    assert fake.submitted == [(FT, [])]
+def test_run_finetune_of_a_finished_dense_run_has_no_dependency(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+    finish(dense)
+    set_job(ft, "6", "failed")
+    fake = FakeQueue(live(**{"6": "FAILED"}))
+    assert fake.executor().run(tmp_path, runs) == {dense.name: "done", ft.name: "submitted"}
+    assert fake.submitted == [(ft.name, [])]
 
 
-def test_run_finetune_waits_on_a_still_running_dense_job(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    set_job(tmp_path / DENSE, "5", "running")
-    fake = FakeSlurm(monkeypatch, live_of(**{"5": "RUNNING"}))
-    quiet_executor().run(tmp_path, runs)
-    assert fake.submitted == [(FT, ["5"])]
+def test_run_finetune_waits_on_a_still_running_dense_job(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+    set_job(dense, "5", "running")
+    fake = FakeQueue(live(**{"5": "RUNNING"}))
+    fake.executor().run(tmp_path, runs)
+    assert fake.submitted == [(ft.name, ["5"])]
 
 
-def test_run_resubmits_a_cancelled_dense_run_and_moves_its_finetune(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    set_job(tmp_path / DENSE, "5", "running")
-    set_job(tmp_path / FT, "6")
-    fake = FakeSlurm(monkeypatch, live_of(**{"5": "CANCELLED", "6": ("PENDING", "DependencyNeverSatisfied")}))
-    assert quiet_executor().run(tmp_path, runs) == {DENSE: "submitted", FT: "submitted"}
+def test_run_resubmits_a_cancelled_dense_run_and_moves_its_finetune(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+    set_job(dense, "5", "running")
+    set_job(ft, "6")
+    fake = FakeQueue(live(**{"5": "CANCELLED", "6": ("PENDING", "DependencyNeverSatisfied")}))
+    assert fake.executor().run(tmp_path, runs) == {dense.name: "submitted", ft.name: "submitted"}
     assert fake.cancelled == ["6"]
-    assert fake.submitted == [(DENSE, []), (FT, ["100"])]
+    assert fake.submitted == [(dense.name, []), (ft.name, ["100"])]
+
+
+def test_a_job_that_cannot_be_released_is_cancelled(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+    fake = FakeQueue()
+
+    def refuse(job_id):
+        raise RuntimeError(f"could not release Slurm job {job_id}: denied")
+
+    fake.release = refuse
+    with pytest.raises(RuntimeError, match=f"run {dense.name}: could not release Slurm job 100"):
+        fake.executor().run(tmp_path, runs)
+    assert fake.cancelled == ["100"]
 
 
 def test_run_without_sbatch_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(S.shutil, "which", lambda name: None)
+    from prunebench.executors.slurm import executor as E
+
+    monkeypatch.setattr(E.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="sbatch not found"):
-        S.SlurmExecutor().run(tmp_path, make_runs(tmp_path))
+        SlurmExecutor().run(tmp_path, two_runs(tmp_path)[0])
 
 
-def test_wait_records_failures_and_skips_dependents(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    fake = FakeSlurm(monkeypatch)
-    ex = quiet_executor(wait=True, poll_s=0)
+def test_wait_records_a_job_killed_before_it_could_say_why(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
     # dense job 100 dies (e.g. scancel, node failure) without metrics; its finetune can never start
-    fake.live = live_of(**{"100": "CANCELLED", "101": ("PENDING", "DependencyNeverSatisfied")})
-    assert ex.run(tmp_path, runs) == {DENSE: "failed", FT: "skipped"}
-    status = read_json(tmp_path / DENSE / "status.json")
+    fake = FakeQueue(live(**{"100": "CANCELLED", "101": ("PENDING", "DependencyNeverSatisfied")}))
+    assert fake.executor(wait=True, poll_s=0).run(tmp_path, runs) == {dense.name: "failed", ft.name: "skipped"}
+    status = read_json(dense / "status.json")
     assert status["state"] == "failed" and "100 ended CANCELLED" in status["error"]
-    assert read_json(tmp_path / FT / "status.json")["reason"] == f"dependency {DENSE} failed"
+    assert status["slurm_state"] == "CANCELLED"
+    assert read_json(ft / "status.json")["reason"] == f"dependency {dense.name} failed"
     assert fake.cancelled == ["101"]
 
 
-def test_wait_returns_done_when_jobs_finish(tmp_path, monkeypatch):
-    runs = make_runs(tmp_path)
-    fake = FakeSlurm(monkeypatch)
-    polls = []
+def test_wait_keeps_the_error_a_job_recorded(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
 
-    def squeue(ids):  # first poll: running; second: both completed with metrics
-        polls.append(ids)
-        if len(polls) == 1:
-            return live_of(**{"100": "RUNNING", "101": ("PENDING", "Dependency")})
-        finish(tmp_path / DENSE)
-        finish(tmp_path / FT)
-        return live_of(**{"100": "COMPLETED", "101": "COMPLETED"})
+    def states(n):
+        if n > 1:  # the job wrote why it failed before it ended
+            write_status(dense, "failed", error="CUDA out of memory")
+        return live(**{"100": "FAILED", "101": ("PENDING", "DependencyNeverSatisfied")})
 
-    monkeypatch.setattr(S, "_squeue", squeue)
-    assert quiet_executor(wait=True, poll_s=0).run(tmp_path, runs) == {DENSE: "done", FT: "done"}
-    assert fake.submitted == [(DENSE, []), (FT, ["100"])]
+    assert FakeQueue(states).executor(wait=True, poll_s=0).run(tmp_path, runs) == {dense.name: "failed",
+                                                                                   ft.name: "skipped"}
+    assert read_json(dense / "status.json")["error"] == "CUDA out of memory"
 
 
-# ============================================================================ query_states
+def test_wait_returns_done_when_jobs_finish(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
 
-def test_query_states_merges_squeue_and_sacct(monkeypatch):
-    calls = []
+    def states(n):  # first poll: running; then both completed with metrics
+        if n <= 2:
+            return live(**{"100": "RUNNING", "101": ("PENDING", "Dependency")})
+        finish(dense)
+        finish(ft)
+        return live(**{"100": "COMPLETED", "101": "COMPLETED"})
 
-    def run_cmd(cmd):
-        calls.append(cmd[0])
-        if cmd[0] == "squeue":
-            return "5|RUNNING|None\n6|PENDING|Dependency\n"
-        return "3|COMPLETED\n4|CANCELLED by 0\n"
-
-    monkeypatch.setattr(S, "_run_cmd", run_cmd)
-    assert S.query_states(["3", "4", "5", "6", "6", ""]) == {
-        "3": "COMPLETED", "4": "CANCELLED", "5": "RUNNING", "6": "PENDING"}
-    assert calls == ["squeue", "sacct"]
+    fake = FakeQueue(states)
+    assert fake.executor(wait=True, poll_s=0).run(tmp_path, runs) == {dense.name: "done", ft.name: "done"}
+    assert fake.submitted == [(dense.name, []), (ft.name, ["100"])]
 
 
-def test_query_states_without_slurm_tools_is_empty(monkeypatch):
-    monkeypatch.setattr(S.shutil, "which", lambda name: None)
-    assert S.query_states(["1", "2"]) == {}
-    assert S.query_states([]) == {}
+# ============================================================================ the job callable
+
+def test_job_is_checkpointable_and_resubmits_the_same_run(tmp_path):
+    from submitit.helpers import Checkpointable
+
+    from prunebench.executors.slurm.job import SlurmRunJob
+
+    job = SlurmRunJob(FAKE_JOB, launcher="slurm")
+    assert isinstance(job, Checkpointable)
+    delayed = job.checkpoint(str(tmp_path))
+    assert delayed.function is job and delayed.args == (str(tmp_path),)
+    copy = pickle.loads(pickle.dumps(delayed.function))
+    assert (copy.fn, copy.launcher) == (FAKE_JOB, "slurm")
 
 
-def test_module_import_stays_light():
-    code = ("import sys, prunebench.executors.slurm as s; s.query_states([]);"
-            "heavy = [m for m in ('torch', 'submitit', 'mmengine', 'mmdet', 'rich') if m in sys.modules];"
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# ============================================================================ the job wrapper
-
-def test_job_wrapper_runs_the_job_function(tmp_path):
-    make_runs(tmp_path)
-    run_dir = tmp_path / DENSE
-    result = S.SlurmRunJob(FAKE_FN)(str(run_dir))
-    assert result["launcher"] == "none" and is_finished(run_dir)
-
-
-def test_job_wrapper_runs_under_submitit_debug_executor(tmp_path):
+def test_job_runs_the_job_function_under_submitit(tmp_path):
     submitit = pytest.importorskip("submitit")
-    make_runs(tmp_path)
-    job = submitit.DebugExecutor(folder=tmp_path / "logs").submit(S.SlurmRunJob(FAKE_FN), str(tmp_path / DENSE))
-    assert job.result()["box_ap"] == 1.0
+    from prunebench.executors.slurm.job import SlurmRunJob
+
+    runs, dense, _ = two_runs(tmp_path)
+    job = submitit.DebugExecutor(folder=tmp_path / "logs").submit(SlurmRunJob(FAKE_JOB), str(dense))
+    assert job.result()["box_ap"] == 1.0 and is_finished(dense)
 
 
-def test_job_wrapper_records_the_slurm_job_and_a_failure(tmp_path, monkeypatch):
-    make_runs(tmp_path)
+def test_job_records_the_slurm_job_and_a_failure(tmp_path, monkeypatch):
+    from prunebench.executors.slurm.job import SlurmRunJob
+
+    runs, dense, _ = two_runs(tmp_path, fail_at=0)
     monkeypatch.setenv("SLURM_JOB_ID", "1234")
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.delenv("MASTER_PORT", raising=False)
-    atomic_write_json(tmp_path / DENSE / "fake.json", {"fail": True})
     with pytest.raises(RuntimeError, match="fake failure"):
-        S.SlurmRunJob(FAKE_FN, launcher="slurm")(str(tmp_path / DENSE))
-    status = read_json(tmp_path / DENSE / "status.json")
+        SlurmRunJob(FAKE_JOB, launcher="slurm")(str(dense))
+    status = read_json(dense / "status.json")
     assert status["state"] == "failed" and status["slurm_job_id"] == "1234" and status["attempts"] == 1
     assert os.environ["MASTER_PORT"] == str(20000 + 1234)  # one port per job (multi-GPU)
 
 
-def test_job_wrapper_other_ranks_write_nothing(tmp_path, monkeypatch):
-    make_runs(tmp_path)
+def test_job_records_a_failure_the_function_did_not(tmp_path, monkeypatch):
+    from prunebench.executors.slurm import job as J
+
+    runs, dense, _ = two_runs(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "55")
+
+    def dies(run_dir, launcher):
+        raise MemoryError("host out of memory")
+
+    monkeypatch.setattr(J, "load_job_fn", lambda ref: dies)
+    with pytest.raises(MemoryError):
+        J.SlurmRunJob(FAKE_JOB)(str(dense))
+    assert read_json(dense / "status.json")["error"] == "MemoryError: host out of memory"
+
+
+def test_job_other_ranks_write_nothing(tmp_path, monkeypatch):
+    from prunebench.executors.slurm import job as J
+
+    runs, dense, _ = two_runs(tmp_path)
+    before = (dense / "status.json").read_bytes()
     monkeypatch.setenv("SLURM_JOB_ID", "99")
     monkeypatch.setenv("SLURM_PROCID", "1")
-    monkeypatch.setattr(S, "_import", lambda ref: lambda run_dir, launcher: launcher)
-    assert S.SlurmRunJob(FAKE_FN, launcher="slurm")(str(tmp_path / DENSE)) == "slurm"
-    assert not (tmp_path / DENSE / "status.json").exists()
+    monkeypatch.setattr(J, "load_job_fn", lambda ref: lambda run_dir, launcher: launcher)
+    assert J.SlurmRunJob(FAKE_JOB, launcher="slurm")(str(dense)) == "slurm"
+    assert (dense / "status.json").read_bytes() == before and not (dense / "run.lock").exists()
 
 
-def test_checkpoint_resubmits_the_same_run(tmp_path):
-    pytest.importorskip("submitit")
-    job = S.SlurmRunJob(FAKE_FN, launcher="slurm")
-    delayed = job.checkpoint(str(tmp_path))
-    assert isinstance(delayed.function, S.SlurmRunJob) and delayed.args == (str(tmp_path),)
-    assert (delayed.function.fn, delayed.function.launcher) == (FAKE_FN, "slurm")
-    assert pickle.loads(pickle.dumps(delayed.function)).fn == FAKE_FN
+def test_job_on_a_run_locked_elsewhere_fails_leaving_the_run_alone(tmp_path, monkeypatch, hold_lock):
+    from prunebench.executors.slurm.job import SlurmRunJob
+    from prunebench.results import RunLocked
+
+    runs, dense, _ = two_runs(tmp_path)
+    hold_lock(dense)
+    before = (dense / "status.json").read_bytes()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with pytest.raises(RunLocked, match="running elsewhere"):
+        SlurmRunJob(FAKE_JOB)(str(dense))
+    assert (dense / "status.json").read_bytes() == before and not read_trace(dense)
 
 
 @pytest.mark.parametrize("exit_error", [SystemExit(-1), subprocess.CalledProcessError(-15, ["scontrol"])])
 def test_requeue_exit_leaves_the_run_pending(tmp_path, monkeypatch, exit_error):
-    pytest.importorskip("submitit")
-    make_runs(tmp_path)
+    from prunebench.executors.slurm import job as J
+
+    runs, dense, _ = two_runs(tmp_path)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    run_dir = str(tmp_path / DENSE)
-    job = S.SlurmRunJob(FAKE_FN)
+    job = J.SlurmRunJob(FAKE_JOB)
 
     def preempted(run_dir, launcher):  # submitit's signal handler mid-training: checkpoint,
         job.checkpoint(run_dir)  # `scontrol requeue` (may be killed by the requeue), sys.exit
         write_status(run_dir, "failed", error="what run_job records for any exception")
         raise exit_error
 
-    monkeypatch.setattr(S, "_import", lambda ref: preempted)
+    monkeypatch.setattr(J, "load_job_fn", lambda ref: preempted)
     with pytest.raises(type(exit_error)):
-        job(run_dir)
-    status = read_json(Path(run_dir) / "status.json")
+        job(str(dense))
+    status = read_json(dense / "status.json")
     assert status["state"] == "pending" and "requeued" in status["reason"]
 
 
@@ -441,7 +525,7 @@ def cluster(monkeypatch):
     reason = _idle_node()
     if reason:
         pytest.skip(reason)
-    # the node is this machine: let its Python import this module (for fake_run_job)
+    # the node is this machine: let its Python import conftest (for fake_job)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                    os.environ.get("PYTHONPATH")])))
 
@@ -467,36 +551,37 @@ def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
 @pytest.mark.slurm
 @pytest.mark.timeout(240)
 def test_fake_jobs_run_in_dependency_order(cluster, tmp_path):
-    runs = make_runs(tmp_path / "fake", sleep=1)
-    states = S.SlurmExecutor(wait=True, poll_s=1, time=10, job_fn=FAKE_FN).run(tmp_path / "fake", runs)
-    assert states == {DENSE: "done", FT: "done"}
-    dense, ft = (read_json(tmp_path / "fake" / r / "status.json") for r in (DENSE, FT))
-    dense_m, ft_m = (read_json(tmp_path / "fake" / r / "metrics.json") for r in (DENSE, FT))
-    assert ft_m["t_start"] >= dense_m["t_end"]  # the finetune started after the dense run ended
+    runs, dense_dir, ft_dir = two_runs(tmp_path / "fake", steps=2, sleep=0.5)
+    states = SlurmExecutor(SlurmOptions.create(time=10), wait=True, poll_s=1, job_fn=FAKE_JOB,
+                           console=QUIET).run(tmp_path / "fake", runs)
+    assert states == {dense_dir.name: "done", ft_dir.name: "done"}
+    dense, ft = (read_json(d / "status.json") for d in (dense_dir, ft_dir))
+    dense_end = next(e["t"] for e in read_trace(dense_dir) if e["event"] == "end")
+    assert read_trace(ft_dir)[0]["t"] >= dense_end  # the finetune started after the dense run ended
     times = sacct_times([dense["slurm_job_id"], ft["slurm_job_id"]])
     if times:
         assert times[ft["slurm_job_id"]][0] >= times[dense["slurm_job_id"]][1], times
-    assert (tmp_path / "fake" / DENSE / "train.log").resolve().name == f"{dense['slurm_job_id']}_0_log.out"
+    assert (dense_dir / "train.log").resolve().name == f"{dense['slurm_job_id']}_0_log.out"
+    assert read_json(dense_dir / "run.lock")["slurm_job_id"] == dense["slurm_job_id"]
 
 
 @pytest.mark.slurm
 @pytest.mark.timeout(240)
 def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
-    sweep = tmp_path / "preempt"
-    runs = make_runs(sweep, sleep=2)[:1]
-    atomic_write_json(sweep / DENSE / "fake.json", {"steps": 8, "sleep": 2})
-    S.SlurmExecutor(time=60, job_fn=FAKE_FN).run(sweep, runs)
-    job = read_json(sweep / DENSE / "status.json")["slurm_job_id"]
-    wait_for(lambda: (read_json(sweep / DENSE / "fake_ckpt.json") or {}).get("step", 0) >= 2, 60, "2 steps")
+    runs = make_fake_runs(tmp_path / "preempt", finetunes=0, steps=8, sleep=2)
+    run_dir = tmp_path / "preempt" / runs[0].run_id
+    SlurmExecutor(SlurmOptions.create(time=60), job_fn=FAKE_JOB, console=QUIET).run(tmp_path / "preempt", runs)
+    job = read_json(run_dir / "status.json")["slurm_job_id"]
+    wait_for(lambda: (read_json(run_dir / "fake_ckpt.json") or {}).get("step", 0) >= 2, 60, "2 steps")
     # what Slurm does on preemption (submitit's own test hook): SIGTERM, then the USR2 warning
     subprocess.run(["scancel", job, "--signal", "SIGTERM"], check=True)
     subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
-    wait_for(lambda: S.query_states([job]).get(job) == "PENDING", 30, "the job to be requeued")
-    assert read_json(sweep / DENSE / "status.json")["state"] == "pending"
+    wait_for(lambda: getattr(Q.query([job]).get(job), "state", "") == "PENDING", 30, "the job to be requeued")
+    assert read_json(run_dir / "status.json")["state"] == "pending"
     # Slurm holds a requeued job back for ~2 minutes; let it start now
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-    wait_for(lambda: is_finished(sweep / DENSE), 120, "the requeued job to finish")
-    status, metrics = read_json(sweep / DENSE / "status.json"), read_json(sweep / DENSE / "metrics.json")
+    wait_for(lambda: is_finished(run_dir), 120, "the requeued job to finish")
+    status, metrics = read_json(run_dir / "status.json"), read_json(run_dir / "metrics.json")
     assert status["slurm_job_id"] == job and status["attempts"] == 2
     assert metrics["resumed_from"] >= 2  # continued from its checkpoint, not from scratch
 
@@ -571,7 +656,8 @@ def test_cancelled_run_completes_on_rerun(cluster, tmp_path):
     wait_for(lambda: list((dense_dir / "work_dir").glob("iter_*.pth")), 300, "the dense run's first checkpoint",
              every=0.5)
     subprocess.run(["scancel", old[dense_dir]], check=True)
-    wait_for(lambda: S.query_states([old[dense_dir]]).get(old[dense_dir]) == "CANCELLED", 60, "the cancel")
+    wait_for(lambda: getattr(Q.query([old[dense_dir]]).get(old[dense_dir]), "state", "") == "CANCELLED", 60,
+             "the cancel")
     assert not is_finished(dense_dir)
     # the same command again: resubmits the cancelled run, moves the finetune onto the new job
     states = run_sweep(grid, tmp_path / "results", executor="slurm",

@@ -3,7 +3,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from prunebench.mmdet_config import TEMPLATE_DIR
+from prunebench.configs import TEMPLATE_DIR
 
 
 def test_mask_rcnn_from_config_forward_and_training_step():

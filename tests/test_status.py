@@ -1,4 +1,4 @@
-"""`prunebench status`: one line per run, live Slurm state, exit codes."""
+"""`prunebench status`: one line per run, live Slurm state, killed local jobs, exit codes."""
 from __future__ import annotations
 
 import io
@@ -7,9 +7,12 @@ import types
 
 import pytest
 from rich.console import Console
-from test_results import make_run
 
-from prunebench.status import fmt_duration, print_status
+from prunebench.executors.slurm.queue import JobState
+from prunebench.results import fmt_duration, run_lock, write_status
+from prunebench.status import print_status
+
+QUERY = "prunebench.executors.slurm.queue"
 
 
 def status_text(root) -> tuple[int, str]:
@@ -24,7 +27,7 @@ def line_of(text: str, run_id: str) -> str:
 
 
 @pytest.fixture
-def sweep(tmp_path):
+def sweep(tmp_path, make_run):
     s = tmp_path / "sw"
     make_run(s, "dense", box=40.04, mask=36.0, full=100.0, bb=60.0)
     make_run(s, "failed", {"pruned_tokens": "discard"}, state="failed",
@@ -54,7 +57,7 @@ def test_one_line_per_run(sweep):
     assert "7 runs in" in text and "1 done, 1 running, 1 pending, 1 skipped, 2 failed, 1 corrupt" in text
 
 
-def test_pending_waits_for_dependency(tmp_path):
+def test_pending_waits_for_dependency(tmp_path, make_run):
     s = tmp_path / "sw"
     make_run(s, "dense", state="running")
     child = make_run(s, "child", {"pruned_tokens": "preserve"}, state="pending")
@@ -65,12 +68,11 @@ def test_pending_waits_for_dependency(tmp_path):
 def test_live_slurm_state(sweep, monkeypatch):
     asked = []
 
-    def query_states(job_ids):
+    def query(job_ids):
         asked.append(list(job_ids))
-        return {"101": "RUNNING", "102": "TIMEOUT"}
+        return {"101": JobState("101", "RUNNING"), "102": JobState("102", "TIMEOUT")}
 
-    monkeypatch.setitem(sys.modules, "prunebench.executors.slurm",
-                        types.SimpleNamespace(query_states=query_states))
+    monkeypatch.setitem(sys.modules, QUERY, types.SimpleNamespace(query=query))
     code, text = status_text(sweep)
     assert code == 0 and asked == [["101", "102"]]  # only the live (pending/running) runs
     assert "[slurm 101 RUNNING]" in line_of(text, "running")
@@ -81,10 +83,10 @@ def test_slurm_unavailable_is_a_warning(sweep, monkeypatch):
     def broken(job_ids):
         raise FileNotFoundError("squeue")
 
-    monkeypatch.setitem(sys.modules, "prunebench.executors.slurm", types.SimpleNamespace(query_states=broken))
+    monkeypatch.setitem(sys.modules, QUERY, types.SimpleNamespace(query=broken))
     code, text = status_text(sweep)
     assert code == 0 and "live Slurm state unavailable: FileNotFoundError: squeue" in text
-    monkeypatch.setitem(sys.modules, "prunebench.executors.slurm", None)  # import fails
+    monkeypatch.setitem(sys.modules, QUERY, None)  # import fails
     code, text = status_text(sweep)
     assert code == 0 and "live Slurm state unavailable" in text and "slurm 101" not in text
 
@@ -97,7 +99,7 @@ def test_exit_codes(tmp_path):
     assert code == 0 and "no run folders yet" in text
 
 
-def test_parent_of_sweeps(tmp_path):
+def test_parent_of_sweeps(tmp_path, make_run):
     make_run(tmp_path / "a", "r1", state="pending")
     make_run(tmp_path / "b", "r1", state="done", box=1.0, full=2.0, bb=1.0)
     text = status_text(tmp_path)[1]
@@ -106,3 +108,24 @@ def test_parent_of_sweeps(tmp_path):
 
 def test_fmt_duration():
     assert [fmt_duration(s) for s in (5, 65, 3725, 90000)] == ["5s", "1m05s", "1h02m", "1d01h"]
+
+
+def test_a_running_run_without_a_live_job_is_shown_killed(tmp_path, make_run, hold_lock):
+    run_dir = make_run(tmp_path / "sw", "dense", state="running", phase="train", iter=3, max_iters=9)
+    assert "no live job" not in status_text(tmp_path / "sw")[1]  # no lock file: nothing known
+    with run_lock(run_dir):  # a job held the lock, then was killed (kill -9) before it said so
+        pass
+    assert "[no live job: killed; re-run the sweep to resume]" in line_of(status_text(tmp_path / "sw")[1], "dense")
+    holder = hold_lock(run_dir)
+    assert "no live job" not in status_text(tmp_path / "sw")[1]
+    holder.release()
+    write_status(run_dir, "running", slurm_job_id="5")  # Slurm's state speaks for Slurm runs
+    assert "no live job" not in status_text(tmp_path / "sw")[1]
+
+
+def test_status_does_not_import_the_slurm_backend():
+    import subprocess
+
+    code = ("import sys, prunebench.status; "
+            "assert not [m for m in sys.modules if m.startswith('prunebench.executors')]")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -83,3 +83,22 @@ def test_generated_config_builds_in_mmdetection(tmp_path):
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "PrunedMaskRCNN"
     assert type(model.backbone).__name__ == "PrunedViT"
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_results_that_is_a_file_is_a_one_line_error(tmp_path, under):
+    from typer.testing import CliRunner
+
+    from prunebench.cli import app
+
+    results = tmp_path / "results.txt"
+    results.write_text("not a folder")
+    target = results / under if under else results
+    out = CliRunner().invoke(app, ["sweep", str(make_grid(tmp_path)), "--results", str(target)])
+    assert out.exit_code == 2, out.output
+    lines = [ln for ln in out.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.output, out.output
+    assert lines[0].startswith("error: --results") and "not a folder" in lines[0]
+    assert results.read_text() == "not a folder"
+    with pytest.raises(NotADirectoryError, match="results.txt is a file" if under else "not a folder"):
+        prepare(make_grid(tmp_path), target)

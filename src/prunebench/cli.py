@@ -41,13 +41,36 @@ def report(
                                     "e.g. --where pruned_tokens=preserve --where seed=0."),
     fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json | latex."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw box/mask AP vs latency with "
-                                        "the Pareto front to this PNG."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw box/mask AP vs latency (marker: "
+                                        "pruned tokens/reactivation, colour: rate/selector, dense line, Pareto "
+                                        "front) to this .png, .pdf or .svg file."),
+    paper: bool = typer.Option(False, "--paper", help="Add a verdict on each of the paper's four findings "
+                               "and the best pruned cell beside the paper's headline numbers."),
+    margin: float = typer.Option(0.5, "--margin", help="Equivalence margin (AP points) for the finding "
+                                 "'MLP selector as good as gating': reproduced when the 95 % interval lies "
+                                 "within ±MARGIN."),
 ) -> None:
-    """Results -> tables: AP, change and speed-up vs dense, latency, keep ratio, GFLOPs, per-axis effects."""
+    """Results -> tables: AP, change and speed-up vs dense, latency, keep ratio, GFLOPs, per-axis
+    effects with 95 % t-intervals; --paper adds the verdicts on the paper's findings."""
     from .report import run_report
 
-    raise typer.Exit(run_report(results, fmt=fmt, out=out, plot=plot, where=where, sort=sort))
+    raise typer.Exit(run_report(results, fmt=fmt, out=out, plot=plot, where=where, sort=sort, paper=paper,
+                                margin=margin))
+
+
+@app.command()
+def weights(
+    path: Path = typer.Argument(..., help="ImageNet DeiT checkpoint: official DeiT .pth, timm .pth/.bin "
+                                "or .safetensors."),
+    arch: str = typer.Option("deit-small", "--arch", help="deit-tiny | deit-small | deit-base."),
+) -> None:
+    """Check a pretrained checkpoint before a long job: load it the way a run would and list what it
+    covers (loaded / fresh / ignored tensors). Exit 1 when it would not load."""
+    from rich.console import Console
+
+    from .models.weights_report import check_weights
+
+    raise typer.Exit(check_weights(path, arch, Console()))
 
 
 @app.command()
@@ -75,14 +98,14 @@ def viz(
 
 
 def _grid_errors(fn, *args, **kwargs):
-    """Call ``fn``; print a GridError or missing-file error as one clear line and exit 2."""
+    """Call ``fn``; print a GridError, missing file or not-a-folder error as one clear line and exit 2."""
     from rich.console import Console
 
     from .grid import GridError
 
     try:
         return fn(*args, **kwargs)
-    except (GridError, FileNotFoundError) as e:
+    except (GridError, FileNotFoundError, NotADirectoryError) as e:
         Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
@@ -115,6 +138,8 @@ def sweep(
     cpus_per_task: Optional[int] = typer.Option(None, help="Slurm CPUs per task."),
     mem: Optional[str] = typer.Option(None, help="Slurm memory per node, e.g. 64G."),
     wait: bool = typer.Option(False, help="Slurm: block until every submitted job has ended."),
+    detach: bool = typer.Option(False, help="Local: jobs go on if this command dies or is interrupted "
+                                "(without it they end with it); re-running the sweep waits for them."),
 ) -> None:
     """Run a whole ablation study: grid -> MMDetection configs -> train -> COCO eval -> latency.
 
@@ -125,7 +150,7 @@ def sweep(
 
     if executor == "local":
         options = dict(max_parallel=max_parallel, gpus=gpus.split(",") if gpus else None,
-                       gpus_per_job=gpus_per_job or 1)
+                       gpus_per_job=gpus_per_job or 1, detach=detach)
     else:
         options = dict(partition=partition, time=time, account=account, qos=qos, mem=mem,
                        cpus_per_task=cpus_per_task, gpus_per_job=gpus_per_job, wait=wait)
@@ -181,12 +206,21 @@ def data_synth(
 @app.command()
 def bench(
     arch: str = typer.Option("deit-small", help="Backbone: deit-tiny | deit-small | deit-base."),
-    input_size: str = typer.Option("800x1344", "--input-size", help="Input size HxW."),
+    input_size: str = typer.Option("800x1344", "--input-size", help="Size HxW of the random input "
+                                   "(without --images)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Time real images instead: a folder "
+                                          "of images or a COCO annotation file (its first --num-images "
+                                          "images, through the config's test pipeline)."),
+    num_images: int = typer.Option(20, "--num-images", min=1, help="Images taken from --images."),
     batch: int = typer.Option(1, help="Images per forward."),
-    warmup: int = typer.Option(2, help="Untimed calls before timing."),
-    repeats: int = typer.Option(5, help="Timed calls (median reported)."),
+    warmup: int = typer.Option(2, help="Untimed calls per model and part before timing."),
+    repeats: int = typer.Option(5, help="Timed rounds over the inputs (median, mean of the middle "
+                                "50 % and p90 reported)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (autocast)."),
     rate: str = typer.Option("fixed", help="Pruned model's rate: fixed | dynamic."),
+    sparse_mode: str = typer.Option("auto", "--sparse-mode", help="Pruned blocks at batch > 1 with "
+                                    "per-image counts: auto (padded on CUDA, loop on CPU) | loop | padded."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     backbone_only: bool = typer.Option(False, "--backbone-only", help="Skip the whole-detector timing."),
 ) -> None:
@@ -195,7 +229,19 @@ def bench(
         h, w = (int(v) for v in input_size.lower().split("x"))
     except ValueError:
         raise typer.BadParameter(f"expected HxW, e.g. 800x1344, got {input_size!r}", param_hint="--input-size")
-    from .bench import run_bench
+    from .bench import DTYPES, run_bench
+    from .models.blocks import SPARSE_MODES
 
-    run_bench(arch=arch, input_size=(h, w), batch=batch, warmup=warmup, repeats=repeats, device=device,
-              rate=rate, json_out=str(json_out) if json_out else None, backbone_only=backbone_only)
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"{dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
+    if sparse_mode not in SPARSE_MODES:
+        raise typer.BadParameter(f"{sparse_mode!r}: use one of {', '.join(SPARSE_MODES)}",
+                                 param_hint="--sparse-mode")
+    try:
+        run_bench(arch=arch, input_size=(h, w), batch=batch, warmup=warmup, repeats=repeats, device=device,
+                  rate=rate, json_out=str(json_out) if json_out else None, backbone_only=backbone_only,
+                  images=str(images) if images else None, num_images=num_images, dtype=dtype,
+                  sparse_mode=sparse_mode)
+    except (FileNotFoundError, ValueError) as e:  # --images that hold no usable images
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)

@@ -1,35 +1,27 @@
-"""YAML -> validated Grid -> list of RunSpec (axes, seed, stage, dependencies, stable run id).
+"""YAML -> validated Grid: schema, types and values, with errors naming file, line, key and fix.
 
-The protocol follows the paper: one dense run per seed and per combination of the swept
-non-pruning keys; every pruned run of that combination finetunes from it (a dependency).
+Validation reads only the grid file (and checks that a pretrained checkpoint exists); dataset
+checks happen when a sweep is prepared (:mod:`prunebench.sweep`), expansion into runs in
+:mod:`prunebench.spec`.
 """
 from __future__ import annotations
 
 import difflib
-import hashlib
-import itertools
 import json
-import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-log = logging.getLogger(__name__)
+from .axes import ARCHS, AXIS_DEFAULTS, PRUNING_AXES, REFERENCE_LAYERS, REFERENCE_RATIOS
+from .configs import TEMPLATES, base_path
 
-PRUNING_AXES: dict[str, tuple] = {
-    "pruned_tokens": ("discard", "preserve"),
-    "reactivation": (False, True),
-    "rate": ("fixed", "dynamic"),
-    "selector": ("mlp", "gating"),
-}
-ARCHS = ("deit-tiny", "deit-small", "deit-base")
-SECTIONS = ("name", "base", "backbone", "data", "schedule", "bench", "axes", "exclude",
+SECTIONS = ("name", "base", "backbone", "data", "schedule", "bench", "axes", "per_value", "exclude",
             "include", "seeds", "overrides", "slurm")
 BACKBONE_KEYS = ("arch", "embed_dim", "depth", "num_heads", "prune_layers", "keep_ratios", "tau",
-                 "out_channels", "drop_path_rate")
+                 "out_channels", "drop_path_rate", "pretrained")
 DATA_KEYS = {
     "synthetic": ("type", "num_train", "num_val", "image_size", "num_classes", "max_objects",
                   "min_size", "max_size", "colour_by_class",
@@ -37,49 +29,30 @@ DATA_KEYS = {
     "coco": ("type", "root", "train_ann", "train_img", "val_ann", "val_img", "batch_size",
              "num_workers", "img_scale"),
 }
-SCHEDULE_KEYS = ("dense", "finetune", "lr", "weight_decay", "warmup_iters", "checkpoint_interval",
-                 "log_interval", "keep_ratio_loss_weight", "clip_grad")
-STAGE_KEYS = ("iters", "epochs", "lr")
-BENCH_KEYS = ("input_size", "warmup", "repeats")
+COCO_DEFAULTS = {"train_ann": "annotations/instances_train2017.json", "train_img": "train2017/",
+                 "val_ann": "annotations/instances_val2017.json", "val_img": "val2017/"}
+SCHEDULE_KEYS = ("dense", "finetune", "warmup_iters", "checkpoint_interval", "log_interval",
+                 "keep_ratio_loss_weight", "clip_grad", "amp")
+STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_iters")
+#: The paper's stages (official configs): dense AdamW 1e-4 / wd 0.05 for 36 epochs; pruned
+#: finetune AdamW 1e-5 / wd 1e-6. A finetune never inherits the dense lr or weight decay.
+STAGE_DEFAULTS = {"dense": {"epochs": 36, "lr": 1e-4, "weight_decay": 0.05},
+                  "finetune": {"epochs": 6, "lr": 1e-5, "weight_decay": 1e-6}}
+BENCH_KEYS = ("input_size", "warmup", "repeats", "images", "dtype")
+DTYPES = ("fp32", "fp16", "bf16")
 SLURM_KEYS = ("partition", "gpus_per_job", "cpus_per_task", "mem", "time", "account", "qos",
               "sbatch_args")
-REFERENCE_LAYERS = [3, 4, 5, 6, 7, 8, 9, 10, 11]
-REFERENCE_RATIOS = [0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343]
-_SHORT = {"reactivation": {True: "react", False: "noreact"},
-          "rate": {"fixed": "fixed", "dynamic": "dyn"}}
+#: grid sections a `per_value` setting may change (besides dotted MMEngine config keys).
+PER_VALUE_SECTIONS = ("backbone", "schedule")
 
 
 class GridError(ValueError):
     """A grid file problem; the message names the file, the key (and line) and the fix."""
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep. ``axes`` holds the swept values: the four pruning axes (None on the
-    dense run) and any swept dotted config key. ``overrides`` are the resolved dotted config keys
-    the run's ``config.py`` is built with."""
-
-    run_id: str
-    sweep: str
-    stage: str  # "dense" or "finetune"
-    backbone: str
-    seed: int
-    axes: dict[str, Any]
-    depends_on: tuple[str, ...] = ()
-    overrides: dict[str, Any] = field(default_factory=dict)
-    bench: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "depends_on": list(self.depends_on)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "RunSpec":
-        return cls(**{**data, "depends_on": tuple(data.get("depends_on", ()))})
-
-
 @dataclass
 class Grid:
-    """A validated grid file. ``excluded`` lists (assignment, reason) of cells left out."""
+    """A validated grid file (values as written; paths of checkpoints resolved)."""
 
     path: Path
     name: str
@@ -89,12 +62,17 @@ class Grid:
     schedule: dict
     bench: dict
     axes: dict[str, list]
+    per_value: dict[str, list[tuple[Any, dict]]]
     exclude: list[dict]
     include: list[dict]
     seeds: list[int]
     overrides: dict[str, Any]
     slurm: dict
-    excluded: list[tuple[dict, str]] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def error(self, key: str, problem: str, fix: str) -> GridError:
+        """A GridError naming this grid's file and the line of ``key``."""
+        return _Checker(self.path, self.lines).fail(key, problem, fix)
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -151,6 +129,26 @@ class _Checker:
             raise self.fail(key, f"expected {what}, got {value!r}", f"set {key} to {what}")
         return value
 
+    def count(self, key: str, value: Any, minimum: int = 1) -> int:
+        """An integer >= ``minimum`` (batch sizes, iterations, epochs, workers)."""
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        self.typed(key, value, int, what)
+        if value < minimum:
+            raise self.fail(key, f"expected {what}, got {value}", f"set {key} to {what}")
+        return value
+
+    def checkpoint(self, key: str, value: Any, grid_path: Path) -> str:
+        """A pretrained checkpoint path, relative to the grid file, then the working directory."""
+        self.typed(key, value, str, "the path of an ImageNet DeiT checkpoint")
+        raw = Path(value).expanduser()
+        for cand in ([raw] if raw.is_absolute() else [grid_path.parent / raw, raw]):
+            if cand.is_file():
+                return str(cand.resolve())
+        raise self.fail(key, f"checkpoint {value!r} not found (looked next to {grid_path.name} and "
+                        "in the working directory)", "download the ImageNet DeiT weights (README, "
+                        "'Pretrained weights') or correct the path; "
+                        "`prunebench weights PATH --arch ARCH` checks a file")
+
 
 def load_grid(path: str | Path) -> Grid:
     """Read and validate a grid YAML file; raises GridError naming file, key, line and fix."""
@@ -166,7 +164,8 @@ def load_grid(path: str | Path) -> Grid:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise GridError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}). Fix: check the "
                         "indentation and quoting on that line") from None
-    c = _Checker(path, _key_lines(text))
+    lines = _key_lines(text)
+    c = _Checker(path, lines)
     if not isinstance(raw, dict):
         raise c.fail("(top level)", "expected a mapping of sections", f"start with `name: ...`; "
                      f"sections: {', '.join(SECTIONS)}")
@@ -177,17 +176,16 @@ def load_grid(path: str | Path) -> Grid:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise c.fail("name", f"{name!r} is not a safe folder name", "use letters, digits, - _ .")
     base = str(c.typed("base", raw.get("base", "mask-rcnn-vit"), str, "a template name or path"))
-    from .mmdet_config import TEMPLATES, base_path
-
     if base_path(path, base) is None:
         raise c.fail("base", f"{base!r} is neither a built-in template nor an existing file",
                      f"use one of {', '.join(TEMPLATES)} or the path of an MMDetection config")
-    backbone = _check_backbone(c, raw.get("backbone"))
-    data = _check_data(c, raw.get("data"), path)
+    backbone = _check_backbone(c, raw.get("backbone"), path)
+    data = _check_data(c, raw.get("data"))
     schedule = _check_schedule(c, raw.get("schedule"))
-    bench = c.known("bench", raw.get("bench"), BENCH_KEYS)
+    bench = _check_bench(c, raw.get("bench"))
     slurm = c.known("slurm", raw.get("slurm"), SLURM_KEYS)
     axes = _check_axes(c, raw.get("axes"))
+    per_value = _check_per_value(c, raw.get("per_value"), axes, path)
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -196,13 +194,17 @@ def load_grid(path: str | Path) -> Grid:
         raise c.fail("seeds", f"expected a non-empty list of integers, got {seeds!r}",
                      "write e.g. `seeds: [0, 1, 2]`")
     overrides = c.typed("overrides", raw.get("overrides") or {}, dict, "a mapping of dotted keys")
+    for key in overrides:
+        if "." not in str(key):
+            raise c.fail(f"overrides.{key}", "not a dotted MMEngine config key",
+                         "write the full key, e.g. `optim_wrapper.optimizer.lr: 0.0001`")
     exclude = _check_points(c, "exclude", raw.get("exclude"), axes, named=False)
     include = _check_points(c, "include", raw.get("include"), axes, named=True)
-    return Grid(path, name, base, backbone, data, schedule, bench, axes, exclude, include,
-                sorted(set(seeds)), overrides, slurm)
+    return Grid(path, name, base, backbone, data, schedule, bench, axes, per_value, exclude,
+                include, sorted(set(seeds)), overrides, slurm, lines)
 
 
-def _check_backbone(c: _Checker, raw: Any) -> dict:
+def _check_backbone(c: _Checker, raw: Any, grid_path: Path) -> dict:
     bb = {"arch": "deit-small", "prune_layers": REFERENCE_LAYERS, "keep_ratios": REFERENCE_RATIOS,
           **c.known("backbone", raw, BACKBONE_KEYS)}
     if bb["arch"] not in ARCHS:
@@ -217,15 +219,21 @@ def _check_backbone(c: _Checker, raw: Any) -> dict:
     if not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in ratios):
         raise c.fail("backbone.keep_ratios", f"ratios must be in (0, 1], got {ratios}",
                      "use fractions of all tokens such as 0.7")
+    if bb.get("pretrained") is not None:
+        bb["pretrained"] = c.checkpoint("backbone.pretrained", bb["pretrained"], grid_path)
     return bb
 
 
-def _check_data(c: _Checker, raw: Any, grid_path: Path) -> dict:
+def _check_data(c: _Checker, raw: Any) -> dict:
     raw = raw or {"type": "synthetic"}
     kind = raw.get("type", "synthetic") if isinstance(raw, dict) else None
     if kind not in DATA_KEYS:
         raise c.fail("data.type", f"unknown data type {kind!r}", "use `synthetic` or `coco`")
     data = {"type": kind, **c.known("data", raw, DATA_KEYS[kind])}
+    if "batch_size" in data:
+        c.count("data.batch_size", data["batch_size"])
+    if "num_workers" in data:
+        c.count("data.num_workers", data["num_workers"], minimum=0)
     if kind == "synthetic":
         from .data import synthetic_params
 
@@ -233,45 +241,64 @@ def _check_data(c: _Checker, raw: Any, grid_path: Path) -> dict:
             synthetic_params(data)
         except (ValueError, TypeError) as e:
             raise c.fail("data", str(e), "correct the synthetic data settings") from None
-    if kind == "coco":
-        from .data import check_coco
-
+    else:
         if "root" not in data:
             raise c.fail("data.root", "missing", "set data.root to your COCO folder")
-        root = Path(data["root"]).expanduser()
-        if not root.is_absolute():
-            root = (grid_path.parent / root) if (grid_path.parent / root).exists() else root.resolve()
-        data["root"] = str(root)
-        defaults = {"train_ann": "annotations/instances_train2017.json", "train_img": "train2017/",
-                    "val_ann": "annotations/instances_val2017.json", "val_img": "val2017/"}
-        data = {**defaults, **data}
-        for split in ("train", "val"):
-            try:
-                data[f"{split}_classes"] = check_coco(root, data[f"{split}_ann"], data[f"{split}_img"])
-            except (FileNotFoundError, ValueError) as e:
-                raise c.fail(f"data.{split}_ann", str(e), "fix data.root / data.*_ann / data.*_img, "
-                             "or build a subset with `prunebench data subset`") from None
+        data = {**COCO_DEFAULTS, **data}
     return data
 
 
-def _check_schedule(c: _Checker, raw: Any) -> dict:
-    sched = c.known("schedule", raw, SCHEDULE_KEYS)
-    for stage in ("dense", "finetune"):
-        st = c.known(f"schedule.{stage}", sched.get(stage) or {"epochs": 36 if stage == "dense" else 6},
-                     STAGE_KEYS)
-        if ("iters" in st) == ("epochs" in st):
-            raise c.fail(f"schedule.{stage}", "give exactly one of `iters` or `epochs`",
-                         f"e.g. `{stage}: {{epochs: {36 if stage == 'dense' else 6}}}`")
-        for k in ("iters", "epochs"):
-            if k in st:
-                c.typed(f"schedule.{stage}.{k}", st[k], int, "a positive integer")
-                if st[k] <= 0:
-                    raise c.fail(f"schedule.{stage}.{k}", "must be positive", "use e.g. 1 or more")
-        sched[stage] = st
+def _check_stage(c: _Checker, key: str, raw: Any, defaults: dict) -> dict:
+    st = c.known(key, raw, STAGE_KEYS)
+    if "iters" in st and "epochs" in st:
+        raise c.fail(key, "give exactly one of `iters` or `epochs`", f"e.g. `{{epochs: {defaults['epochs']}}}`")
+    if "iters" not in st and "epochs" not in st:
+        st["epochs"] = defaults["epochs"]
+    for k in ("iters", "epochs"):
+        if k in st:
+            c.count(f"{key}.{k}", st[k])
     for k in ("lr", "weight_decay"):
+        st.setdefault(k, defaults[k])
+        c.typed(f"{key}.{k}", st[k], (int, float), "a number")
+    if "warmup_iters" in st:
+        c.count(f"{key}.warmup_iters", st["warmup_iters"], minimum=0)
+    if "milestones" in st:
+        length = st.get("iters", st.get("epochs"))
+        ms = st["milestones"]
+        if not isinstance(ms, list) or not all(isinstance(m, int) and 0 < m < length for m in ms):
+            raise c.fail(f"{key}.milestones", f"expected increasing integers in (0, {length}), got {ms!r}",
+                         "list the epochs (or iterations) after which the lr drops 10x, e.g. [3]")
+    return st
+
+
+def _check_schedule(c: _Checker, raw: Any) -> dict:
+    if isinstance(raw, dict):
+        for moved in ("lr", "weight_decay"):
+            if moved in raw:
+                raise c.fail(f"schedule.{moved}", "is set per stage",
+                             f"write `dense: {{..., {moved}: ...}}` and `finetune: {{..., {moved}: ...}}` "
+                             "(a finetune must not inherit the dense value by accident)")
+    sched = c.known("schedule", raw, SCHEDULE_KEYS)
+    for stage, defaults in STAGE_DEFAULTS.items():
+        sched[stage] = _check_stage(c, f"schedule.{stage}", sched.get(stage), defaults)
+    for k in ("warmup_iters", "checkpoint_interval", "log_interval"):
         if k in sched:
-            c.typed(f"schedule.{k}", sched[k], (int, float), "a number")
+            c.count(f"schedule.{k}", sched[k], minimum=0 if k == "warmup_iters" else 1)
+    if "amp" in sched:
+        c.typed("schedule.amp", sched["amp"], bool, "true or false")
     return sched
+
+
+def _check_bench(c: _Checker, raw: Any) -> dict:
+    bench = c.known("bench", raw, BENCH_KEYS)
+    for k in ("warmup", "images"):
+        if k in bench:
+            c.count(f"bench.{k}", bench[k], minimum=0 if k == "warmup" else 1)
+    if "repeats" in bench:
+        c.count("bench.repeats", bench["repeats"])
+    if bench.get("dtype", "fp32") not in DTYPES:
+        raise c.fail("bench.dtype", f"unknown dtype {bench['dtype']!r}", f"use one of {', '.join(DTYPES)}")
+    return bench
 
 
 def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
@@ -294,12 +321,62 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
                     f"use a pruning axis ({', '.join(PRUNING_AXES)}) or a dotted MMEngine config "
                     "key such as model.backbone.arch")
             raise c.fail(f"axes.{key}", "unknown axis", hint)
+        elif key == "model.backbone.arch":
+            for i, v in enumerate(values):
+                if v not in ARCHS:
+                    raise c.fail(f"axes.{key}[{i}]", f"unknown arch {v!r}", f"use one of {', '.join(ARCHS)}")
         if len(set(map(json.dumps, values))) != len(values):
             raise c.fail(f"axes.{key}", "repeated value", "list each value once")
         axes[key] = list(values)
-    for key, values in PRUNING_AXES.items():  # unswept pruning axes keep their first value
-        axes.setdefault(key, [values[1] if key == "pruned_tokens" else values[0]])
+    for key, default in AXIS_DEFAULTS.items():  # unswept pruning axes keep their default
+        axes.setdefault(key, [default])
     return axes
+
+
+def _check_per_value(c: _Checker, raw: Any, axes: dict, grid_path: Path) -> dict[str, list]:
+    """``per_value: {axis: {value: {setting: value}}}``: settings that depend on a swept value
+    (e.g. drop-path and finetune length per arch). A setting is ``backbone.<key>``,
+    ``schedule.<key>`` / ``schedule.<stage>.<key>``, or a dotted MMEngine config key."""
+    if raw is None:
+        return {}
+    raw = c.typed("per_value", raw, dict, "a mapping of axis -> value -> settings")
+    out: dict[str, list] = {}
+    for axis, by_value in raw.items():
+        key = f"per_value.{axis}"
+        if axis not in axes:
+            raise c.fail(key, "not an axis of this grid", f"use one of {', '.join(axes)}")
+        by_value = c.typed(key, by_value, dict, "a mapping of axis value -> settings")
+        out[axis] = []
+        for value, settings in by_value.items():
+            vkey = f"{key}.{value}"
+            if value not in axes[axis]:
+                raise c.fail(vkey, f"{value!r} is not a value of axes.{axis}",
+                             f"use one of {axes[axis]}")
+            settings = c.typed(vkey, settings, dict, "a mapping of setting -> value")
+            out[axis].append((value, {s: _check_setting(c, f"{vkey}.{s}", s, v, grid_path)
+                                      for s, v in settings.items()}))
+    return out
+
+
+def _check_setting(c: _Checker, key: str, setting: str, value: Any, grid_path: Path) -> Any:
+    section, _, rest = str(setting).partition(".")
+    if section not in PER_VALUE_SECTIONS:
+        if not rest:
+            raise c.fail(key, "unknown setting", "use backbone.<key>, schedule.<stage>.<key> or a "
+                         "dotted MMEngine config key such as model.backbone.drop_path_rate")
+        return value
+    if section == "backbone":
+        c.known("backbone", {rest: value}, BACKBONE_KEYS)
+        return c.checkpoint(key, value, grid_path) if rest == "pretrained" else value
+    stage, _, leaf = rest.partition(".")
+    if stage in STAGE_DEFAULTS:
+        if leaf:
+            c.known(f"schedule.{stage}", {leaf: value}, STAGE_KEYS)
+        else:
+            c.known(f"schedule.{stage}", value, STAGE_KEYS)
+        return value
+    c.known("schedule", {rest: value}, SCHEDULE_KEYS)
+    return value
 
 
 def _check_points(c: _Checker, section: str, raw: Any, axes: dict, named: bool) -> list[dict]:
@@ -324,81 +401,3 @@ def _check_points(c: _Checker, section: str, raw: Any, axes: dict, named: bool) 
                              f"use one of {', '.join(axes)}")
         points.append(dict(point))
     return points
-
-
-# ----------------------------------------------------------------------------- expansion
-
-def _matches(cell: dict, point: dict) -> bool:
-    return all(cell.get(k) == v for k, v in point.items() if k != "name")
-
-
-def _run_id(prefix: str, seed: int, payload: dict) -> str:
-    digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{prefix}-s{seed}-{digest[:6]}"
-
-
-def _cell_prefix(cell: dict) -> str:
-    parts = [str(cell["pruned_tokens"])]
-    parts += [_SHORT[k][cell[k]] for k in ("reactivation", "rate")]
-    parts.append(str(cell["selector"]))
-    return "-".join(parts)
-
-
-def expand(grid: Grid) -> list[RunSpec]:
-    """All runs of the grid, dense runs first. Invalid and excluded cells are recorded in
-    ``grid.excluded`` with their reason."""
-    grid.excluded = []
-    pruning_keys = list(PRUNING_AXES)
-    other_keys = [k for k in grid.axes if k not in PRUNING_AXES]
-    cells = [dict(zip(grid.axes, values)) for values in itertools.product(*grid.axes.values())]
-    kept, seen = [], set()
-    for cell in cells:
-        if cell["pruned_tokens"] == "discard" and cell["reactivation"]:
-            grid.excluded.append((cell, "discard + reactivation: a discarded token has no state "
-                                        "to come back with (needs preserve)"))
-        elif any(_matches(cell, p) for p in grid.exclude):
-            grid.excluded.append((cell, "matched an `exclude` entry"))
-        else:
-            kept.append((None, cell))
-    for point in grid.include:
-        cell = {k: grid.axes[k][0] for k in grid.axes}
-        cell.update({k: v for k, v in point.items() if k != "name"})
-        if cell["pruned_tokens"] == "discard" and cell["reactivation"]:
-            raise GridError(f"{grid.path}: include: {point}: discard + reactivation is impossible "
-                            "(a discarded token has no state to come back with). Fix: use preserve")
-        kept.append((point.get("name"), cell))
-    for _, cell in kept:  # dotted keys that only `include` points set
-        other_keys += [k for k in cell if k not in pruning_keys and k not in other_keys]
-    common = {"base": grid.base, "backbone": grid.backbone, "data": grid.data,
-              "schedule": grid.schedule, "overrides": grid.overrides}
-    bench = {"input_size": list(grid.data.get("image_size", (800, 1344))), "warmup": 2, "repeats": 5,
-             **grid.bench}
-    runs: list[RunSpec] = []
-    dense_ids: dict[tuple, str] = {}
-    finetunes: list[RunSpec] = []
-    for seed in grid.seeds:
-        for name, cell in kept:
-            others = {k: cell.get(k) for k in other_keys if k in cell}
-            arch = others.get("model.backbone.arch", grid.backbone["arch"])
-            dkey = (seed, json.dumps(others, sort_keys=True, default=str))
-            if dkey not in dense_ids:
-                axes = {**{k: None for k in pruning_keys}, **others}
-                dense_common = {**common, "schedule": {k: v for k, v in grid.schedule.items() if k != "finetune"}}
-                rid = _run_id(f"dense{_arch_tag(grid, arch)}", seed, {**dense_common, "axes": axes, "seed": seed})
-                dense_ids[dkey] = rid
-                runs.append(RunSpec(rid, grid.name, "dense", arch, seed, axes, (), dict(others),
-                                    bench))
-            axes = {**{k: cell[k] for k in pruning_keys}, **others}
-            prefix = name or _cell_prefix(cell)
-            rid = _run_id(f"{prefix}{_arch_tag(grid, arch)}", seed, {**common, "axes": axes, "seed": seed})
-            if rid in seen:
-                continue
-            seen.add(rid)
-            finetunes.append(RunSpec(rid, grid.name, "finetune", arch, seed, axes,
-                                     (dense_ids[dkey],), dict(others), bench))
-    return runs + finetunes
-
-
-def _arch_tag(grid: Grid, arch: str) -> str:
-    swept = len(set(grid.axes.get("model.backbone.arch", []))) > 1
-    return f"-{arch.split('-')[-1]}" if swept else ""

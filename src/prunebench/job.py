@@ -9,17 +9,18 @@ import argparse
 import os
 import platform
 import subprocess
+import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 from mmengine.hooks import Hook
 
 from .checkpoint import allow_mmengine_checkpoints
-from .executors.base import is_finished
-from .grid import RunSpec
-from .results import (CONFIG_FILE, LOG_FILE, METRICS_FILE, RUN_FILE, WORK_DIR, atomic_write_json,
-                      read_json, write_status)
+from .spec import RunSpec
+from .results import (CONFIG_FILE, EXIT_LOCKED, LOG_FILE, METRICS_FILE, RUN_FILE, WORK_DIR, RunLocked,
+                      atomic_write_json, is_finished, read_json, run_lock, write_status)
 
 
 def _rank() -> int:
@@ -113,8 +114,15 @@ def _coco_metrics(raw: dict) -> dict:
 
 
 def run_job(run_dir: str | Path, launcher: str = "none") -> dict:
-    """Train, test and benchmark one prepared run folder; write ``metrics.json``."""
+    """Train, test and benchmark one prepared run folder; write ``metrics.json``. Rank 0 holds the
+    run's lock throughout: raises ``RunLocked`` (writing nothing) when a live process elsewhere
+    runs it."""
     run_dir = Path(run_dir).resolve()
+    with run_lock(run_dir) if _rank() == 0 else nullcontext():
+        return _run_locked(run_dir, launcher)
+
+
+def _run_locked(run_dir: Path, launcher: str) -> dict:
     if is_finished(run_dir):
         return read_json(run_dir / METRICS_FILE)
     spec = RunSpec.from_json(read_json(run_dir / RUN_FILE) or {})
@@ -143,7 +151,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
 
     import prunebench.models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
 
-    from .bench import measure_detector
+    from .bench import measure_run
 
     allow_mmengine_checkpoints()
     cfg = Config.fromfile(str(run_dir / CONFIG_FILE))
@@ -172,13 +180,12 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     if _rank() == 0:
         write_status(run_dir, "running", phase="bench")
     model.eval()
-    bench = measure_detector(model, input_hw=tuple(bench_cfg.get("input_size", (800, 1344))),
-                             device=str(next(model.parameters()).device),
-                             warmup=bench_cfg.get("warmup", 2), repeats=bench_cfg.get("repeats", 5))
+    bench = measure_run(model, runner.test_dataloader.dataset, bench_cfg, run_dir,
+                        spec.depends_on[0] if spec.depends_on else None)
     return {"run_id": spec.run_id, "sweep": spec.sweep, "stage": spec.stage, "backbone": spec.backbone,
             "seed": spec.seed, "axes": spec.axes, **_coco_metrics(raw),
-            "latency_ms": bench["latency_ms"], "flops_g": bench["flops_g"], "keep_ratio": keep_stats,
-            "bench_keep_ratio": bench["keep_ratio"], "train_time_s": round(train_time, 1),
+            "latency_ms": bench["latency_ms"], "paired": bench["paired"], "flops_g": bench["flops_g"],
+            "keep_ratio": keep_stats, "train_time_s": round(train_time, 1),
             "checkpoint": str(Path(cfg.work_dir) / _last_checkpoint(cfg.work_dir)),
             "env": _env()}
 
@@ -193,7 +200,11 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm"])
     args = parser.parse_args()
-    run_job(args.run_dir, args.launcher)
+    try:
+        run_job(args.run_dir, args.launcher)
+    except RunLocked as e:
+        print(f"prunebench: {e}", file=sys.stderr)
+        sys.exit(EXIT_LOCKED)
 
 
 if __name__ == "__main__":

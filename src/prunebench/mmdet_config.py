@@ -11,26 +11,33 @@ import pprint
 from pathlib import Path
 from typing import Any
 
-from .grid import Grid, RunSpec
-
-TEMPLATE_DIR = Path(__file__).parent / "configs"
-TEMPLATES = {"mask-rcnn-vit": "mask_rcnn_vit.py", "mask-rcnn-vit-cpu": "mask_rcnn_vit_cpu.py"}
-_PRUNING_KWARGS = ("pruned_tokens", "reactivation", "rate", "selector")
-
-
-def base_path(grid_file: Path, base: str) -> Path | None:
-    """File of a grid's ``base``: a built-in template, or a config path relative to the grid file
-    or the working directory; None when there is no such file."""
-    if base in TEMPLATES:
-        return TEMPLATE_DIR / TEMPLATES[base]
-    return next((p for p in (grid_file.parent / base, Path(base)) if p.is_file()), None)
+from .configs import base_path
+from .grid import Grid
+from .spec import RunSpec
 
 
 def load_base(grid: Grid) -> dict:
-    """The grid's base config as a plain dict (``_base_`` inheritance resolved by MMEngine)."""
+    """The grid's base config as a plain dict (``_base_`` inheritance resolved by MMEngine).
+
+    Any MMDetection Mask R-CNN config works: its backbone is replaced by ``PrunedViT``, its
+    detector by ``PrunedMaskRCNN``, and ``prunebench.models`` joins its ``custom_imports``."""
     from mmengine.config import Config
 
-    return Config.fromfile(str(base_path(grid.path, grid.base))).to_dict()
+    cfg = Config.fromfile(str(base_path(grid.path, grid.base))).to_dict()
+    model = cfg.get("model") or {}
+    if model.get("type") not in ("MaskRCNN", "PrunedMaskRCNN") or "neck" not in model:
+        raise grid.error("base", f"{grid.base!r} builds a {model.get('type')!r} model, not a Mask R-CNN "
+                         "with a neck", "use a built-in template or an MMDetection Mask R-CNN config such "
+                         "as mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
+    model["type"] = "PrunedMaskRCNN"
+    if model["backbone"].get("type") != "PrunedViT":
+        model["backbone"] = dict(type="PrunedViT", out_channels=model["neck"].get("out_channels", 256))
+    imports = cfg.setdefault("custom_imports", dict(imports=[], allow_failed_imports=False))
+    if "prunebench.models" not in imports["imports"]:
+        imports["imports"] = [*imports["imports"], "prunebench.models"]
+    for key in ("val_dataloader", "val_evaluator", "val_cfg"):  # each run is tested once at the end
+        cfg[key] = None
+    return cfg
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
@@ -55,26 +62,20 @@ def build_config(grid: Grid, spec: RunSpec, base: dict, run_dir: Path, data_root
                  classes: list[str]) -> dict:
     """The full config dict of one run."""
     cfg = copy.deepcopy(base)
-    sched, stage = grid.schedule, grid.schedule[spec.stage if spec.stage == "dense" else "finetune"]
-    bb = {k: v for k, v in grid.backbone.items()}
-    if spec.stage == "dense":
-        bb.update(prune_layers=[], keep_ratios=[])
-    else:
-        bb.update({k: spec.axes[k] for k in _PRUNING_KWARGS})
-    for key, value in bb.items():
+    for key, value in spec.backbone_args.items():
         set_dotted(cfg, f"model.backbone.{key}", value)
     out_ch = cfg["model"]["backbone"].get("out_channels", 256)
     set_dotted(cfg, "model.neck.in_channels", [out_ch] * 4)
-    if "keep_ratio_loss_weight" in sched:
-        set_dotted(cfg, "model.keep_ratio_loss_weight", sched["keep_ratio_loss_weight"])
+    if "keep_ratio_loss_weight" in spec.schedule:
+        set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
     _set_data(cfg, grid.data, data_root, classes)
-    _set_schedule(cfg, sched, stage)
+    _set_schedule(cfg, spec.schedule, spec.stage)
     if spec.stage == "finetune":
-        dense_stage = grid.schedule["dense"]
-        cfg["load_from"] = str(run_dir.parent / spec.depends_on[0] / "work_dir" / checkpoint_name(dense_stage))
+        cfg["load_from"] = str(run_dir.parent / spec.depends_on[0] / "work_dir"
+                               / checkpoint_name(spec.dense_schedule))
     cfg["randomness"] = dict(seed=spec.seed, deterministic=False)
     cfg["work_dir"] = str(run_dir / "work_dir")
-    for key, value in {**grid.overrides, **spec.overrides}.items():
+    for key, value in spec.overrides.items():
         set_dotted(cfg, key, value)
     return cfg
 
@@ -106,24 +107,31 @@ def _set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:
     roi["mask_head"]["num_classes"] = len(classes)
 
 
-def _set_schedule(cfg: dict, sched: dict, stage: dict) -> None:
-    by_epoch = "epochs" in stage
-    length = stage["epochs"] if by_epoch else stage["iters"]
+def default_milestones(stage: str, length: int) -> list[int]:
+    """The paper's lr steps when a grid gives none: dense 3x-style at 75 % and 92 % of the
+    schedule (27, 33 of 36 epochs), finetune at 75 % (3 of 4, 4 of 6 epochs)."""
+    fractions = (0.75, 0.92) if stage == "dense" else (0.75,)
+    return sorted({min(length - 1, max(1, round(length * f))) for f in fractions if length > 1})
+
+
+def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
+    by_epoch = "epochs" in sched
+    length = sched["epochs"] if by_epoch else sched["iters"]
     if by_epoch:
         cfg["train_cfg"] = dict(type="EpochBasedTrainLoop", max_epochs=length, val_interval=length + 1)
     else:
         cfg["train_cfg"] = dict(type="IterBasedTrainLoop", max_iters=length, val_interval=length + 1)
-    lr = stage.get("lr", sched.get("lr"))
-    if lr is not None:
-        cfg["optim_wrapper"]["optimizer"]["lr"] = lr
-    if "weight_decay" in sched:
-        cfg["optim_wrapper"]["optimizer"]["weight_decay"] = sched["weight_decay"]
+    optim = cfg["optim_wrapper"]
+    optim["optimizer"]["lr"] = sched["lr"]
+    optim["optimizer"]["weight_decay"] = sched["weight_decay"]
     if "clip_grad" in sched:
-        cfg["optim_wrapper"]["clip_grad"] = sched["clip_grad"] and dict(max_norm=sched["clip_grad"], norm_type=2)
-    warmup = sched.get("warmup_iters", 1000 if by_epoch else max(1, length // 10))
-    milestones = sorted({max(1, round(length * f)) for f in (0.75, 0.92)})
+        optim["clip_grad"] = dict(max_norm=sched["clip_grad"], norm_type=2) if sched["clip_grad"] else None
+    if sched.get("amp"):
+        optim.update(type="AmpOptimWrapper", loss_scale="dynamic")
+    warmup = sched.get("warmup_iters", 500 if by_epoch else max(1, length // 10))
+    milestones = sched.get("milestones") or default_milestones(stage, length)
     cfg["param_scheduler"] = [
-        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
+        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=max(1, warmup)),
         dict(type="MultiStepLR", by_epoch=by_epoch, begin=0, end=length, milestones=milestones, gamma=0.1),
     ]
     interval = sched.get("checkpoint_interval", 1 if by_epoch else max(1, length // 4))

@@ -6,16 +6,21 @@ Layout of one run folder ``results/<sweep>/<run_id>/``:
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import math
 import os
+import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .grid import PRUNING_AXES as _GRID_AXES
+from .axes import PRUNING_AXES as _AXES
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.py"
@@ -23,8 +28,12 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 WORK_DIR = "work_dir"
+LOCK_FILE = "run.lock"
 
 STATES = ("pending", "running", "done", "failed", "skipped")
+REQUIRED_METRICS = ("box_ap", "latency_ms")  # a metrics.json without one of these is incomplete
+EXIT_LOCKED = 75  # exit code of a job process that found its run locked by a live process elsewhere
+log = logging.getLogger(__name__)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -62,12 +71,137 @@ def write_status(run_dir: Path, state: str, **extra: Any) -> dict:
     return status
 
 
+def missing_metrics(metrics: dict) -> list[str]:
+    """The keys of ``REQUIRED_METRICS`` that ``metrics`` lacks or holds as null."""
+    return [k for k in REQUIRED_METRICS if metrics.get(k) is None]
+
+
+def is_finished(run_dir: Path) -> bool:
+    """The one rule of "finished": the run left a metrics.json with every required key non-null."""
+    metrics = read_json(Path(run_dir) / METRICS_FILE)
+    return metrics is not None and not missing_metrics(metrics)
+
+
+def record_failure(run_dir: Path, error: str, keep: tuple[str, ...] = ("failed",), **extra: Any) -> dict:
+    """Mark a run ``failed`` with ``error`` when the process that ran it could not say why (killed,
+    lost node, died before its handler ran). Leaves status.json alone when the run is finished,
+    when it already holds a state in ``keep`` (the process recorded its own outcome), or when a
+    live process elsewhere holds the run's lock (the run is not ours to mark). Returns status.json."""
+    run_dir = Path(run_dir)
+    status = read_json(run_dir / STATUS_FILE) or {}
+    if status.get("state") in keep or is_finished(run_dir) or lock_holder(run_dir):
+        return status
+    return write_status(run_dir, "failed", error=error, **extra)
+
+
+# --- one writer per run: an exclusive lock held by the job process -------------------------------
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The live process that holds a run's lock, as it wrote itself into the lock file."""
+
+    host: str = "?"
+    pid: int | None = None
+    since: str = ""
+    slurm_job_id: str | None = None
+
+    def __str__(self) -> str:
+        job = f", Slurm job {self.slurm_job_id}" if self.slurm_job_id else ""
+        return f"pid {self.pid} on {self.host}{job}" + (f" since {self.since}" if self.since else "")
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run's lock: it is running there."""
+
+    def __init__(self, run_dir: Path, holder: LockHolder):
+        super().__init__(f"run {Path(run_dir).name} is running elsewhere ({holder}); not started again")
+        self.holder = holder
+
+
+_HELD: dict[str, list[int]] = {}  # lock files this process holds: real path -> [fd, depth]
+
+
+def _holder(fd: int) -> LockHolder:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return LockHolder(**{k: data[k] for k in ("host", "pid", "since", "slurm_job_id") if k in data})
+    except (OSError, ValueError, TypeError):  # being rewritten right now
+        return LockHolder()
+
+
+def lock_holder(run_dir: Path) -> LockHolder | None:
+    """The live process, other than this one, that holds the run's lock; None when nobody does
+    (a lock file left by a dead process is free: the kernel released it with the process)."""
+    path = Path(run_dir) / LOCK_FILE
+    if os.path.realpath(path) in _HELD:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: held for microseconds
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:  # a file system without locks: nobody can be seen holding it
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def run_lock(run_dir: Path, wait_s: float = 1.0) -> Iterator[None]:
+    """Hold the run's exclusive ``fcntl`` lock (``run.lock``, naming host and pid) for the block:
+    one writer per run. Raises :class:`RunLocked` when a live process holds it (retried for
+    ``wait_s``, so another process's probe does not count). Re-entrant within a process; a lock
+    left by a dead process is taken over."""
+    key = os.path.realpath(Path(run_dir) / LOCK_FILE)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RunLocked(Path(run_dir), _holder(fd)) from None
+                time.sleep(0.05)
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                log.warning("%s: this file system has no locks (%s); two sweeps on this folder could "
+                            "run this run twice", key, e.strerror)
+                break
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # --- reading side: run folders -> Run records -------------------------------------------------
 
 MISSING = "missing"  # no result yet where one is expected (no status.json, or "done" without metrics)
 CORRUPT = "corrupt"  # a file exists but cannot be used (invalid JSON, metrics without box_ap...)
 _RUN_MARKERS = (RUN_FILE, STATUS_FILE, METRICS_FILE, CONFIG_FILE)
-PRUNING_AXES = tuple(_GRID_AXES)  # axis names, in the grid's order
+PRUNING_AXES = tuple(_AXES)  # axis names, in display order
 
 
 def _num(value: Any) -> float | None:
@@ -170,7 +304,7 @@ def load_run(path: Path, names: set[str] | None = None) -> Run:
     run = Run(path, "", spec or {}, status or {})
     file_state = run.status.get("state")
     if metrics is not None:
-        lacking = [k for k in ("box_ap", "latency_ms") if metrics.get(k) is None]
+        lacking = missing_metrics(metrics)
         if lacking:
             metrics_problem = f"{METRICS_FILE} lacks {', '.join(lacking)} (partial write?); re-run the run"
         else:
@@ -232,3 +366,56 @@ def scan_results(root: Path) -> list[Run]:
                 if names is not None:
                     runs.append(load_run(Path(entry.path), names))
     return sorted(runs, key=lambda r: (r.sweep, r.run_id))
+
+
+# --- one-line description of a run (status and report) ---------------------------------------
+
+STYLES = {"done": "green", "running": "blue", "pending": "dim", "skipped": "dim",
+          "failed": "red", "corrupt": "red", "missing": "yellow"}
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _fmt(value, fmt: str) -> str:
+    return fmt.format(value) if value is not None else "—"
+
+
+def _last_line(text) -> str:
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][-120:] if lines else ""
+
+
+def detail(run: Run, states: dict[str, str] | None = None) -> str:
+    """What matters about a run in its state: metrics, problem, error tail and log, progress,
+    skip reason, or unfinished dependencies (``states``: run id -> state)."""
+    s = run.status
+    if run.state == "done":
+        return (f"box {_fmt(run.metric('box_ap'), '{:.1f}')}  mask {_fmt(run.metric('mask_ap'), '{:.1f}')}  "
+                f"full {_fmt(run.metric('latency_full'), '{:.1f}')} ms  "
+                f"backbone {_fmt(run.metric('latency_backbone'), '{:.1f}')} ms")
+    if run.problem:
+        return run.problem
+    if run.state == "failed":
+        tail = _last_line(s.get("error")) or "no error recorded"
+        if tail.startswith("exit code") and _last_line(s.get("traceback")):
+            tail += f": {_last_line(s.get('traceback'))}"
+        return f"{tail}  (log: {s.get('log') or run.path / 'train.log'})"
+    if run.state == "running":
+        parts = [str(s["phase"])] if s.get("phase") else []
+        if s.get("iter") is not None:
+            total = s.get("max_iters")
+            pct = f" ({100 * s['iter'] / total:.0f}%)" if isinstance(total, (int, float)) and total else ""
+            parts.append(f"iter {s['iter']}/{total if total is not None else '?'}{pct}")
+        if isinstance(s.get("eta_s"), (int, float)):
+            parts.append(f"ETA {fmt_duration(s['eta_s'])}")
+        return "  ".join(parts) or f"since {s.get('updated', '?')}"
+    waits = [d for d in run.spec.get("depends_on") or () if (states or {}).get(d) != "done"]
+    reason = str(s.get("reason") or "")
+    return "  ".join(filter(None, [reason, f"waits for {', '.join(waits)}" if waits and states else ""]))

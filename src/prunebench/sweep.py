@@ -1,7 +1,6 @@
 """A sweep: validate the grid, write every run folder (run.json + config.py), hand them to an executor."""
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,40 +9,64 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .grid import Grid, GridError, RunSpec, expand, load_grid
+from .grid import Grid, GridError, load_grid
+from .spec import RunSpec, expand
 from .results import CONFIG_FILE, RUN_FILE, STATUS_FILE, atomic_write_json, read_json, write_status
 
 HEADERS = {"pruned_tokens": "tokens", "reactivation": "react", "model.backbone.arch": "arch"}
-SYNTH_KEYS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "min_size",
-              "max_size", "colour_by_class", "seed")
 
 
 @dataclass
 class Sweep:
     grid: Grid
     runs: list[RunSpec]
+    excluded: list[tuple[dict, str]]
     sweep_dir: Path
 
 
 def resolve_data(grid: Grid) -> tuple[Path, list[str]]:
-    """Dataset root and class names; builds the synthetic set into its cache on first use."""
+    """Dataset root and class names, checked before anything runs (a COCO root relative to the
+    grid file, then the working directory); builds the synthetic set into its cache on first use.
+    Raises GridError naming the grid's data key."""
     from .data import check_coco, ensure_synthetic
 
     data = grid.data
     if data["type"] == "coco":
-        return Path(data["root"]), data["val_classes"]
-    params = {k: data[k] for k in SYNTH_KEYS if k in data}
-    cache = Path(data.get("cache_dir") or os.environ.get("PRUNEBENCH_CACHE", "~/.cache/prunebench"))
-    root = ensure_synthetic(params, cache.expanduser())
+        root = Path(data["root"]).expanduser()
+        if not root.is_absolute():
+            root = grid.path.parent / root if (grid.path.parent / root).exists() else root.resolve()
+        classes = None
+        for split in ("train", "val"):
+            try:
+                classes = check_coco(root, data[f"{split}_ann"], data[f"{split}_img"])
+            except (FileNotFoundError, ValueError) as e:
+                raise grid.error(f"data.{split}_ann", str(e), "fix data.root / data.*_ann / data.*_img, "
+                                 "or build a subset with `prunebench data subset`") from None
+        return root.resolve(), classes
+    root = ensure_synthetic(data)
     return root, check_coco(root, "annotations/instances_val.json", "val/")
 
 
-def prepare(grid_path: str | Path, results_root: str | Path = "results") -> Sweep:
-    """Validate the grid and write every run folder; nothing runs. Raises GridError on bad input."""
+def check_results_root(results_root: str | Path) -> Path:
+    """The results folder as an absolute path; raises NotADirectoryError (one clear line) when it,
+    or the nearest part of it that exists, is not a folder."""
+    root = Path(results_root).expanduser().resolve()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == root else f" ({existing} is a file)"
+        raise NotADirectoryError(f"--results {results_root}: not a folder{where}; pass a folder for the "
+                                 "results (it is created if missing)")
+    return root
+
+
+def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") -> Sweep:
+    """Validate the grid and write every run folder; nothing runs. Raises GridError on bad input
+    (NotADirectoryError when ``results_root`` is not a folder)."""
     from .mmdet_config import build_config, dump_config, load_base
 
-    grid = load_grid(grid_path)
-    runs = expand(grid)
+    check_results_root(results_root)
+    grid = grid_path if isinstance(grid_path, Grid) else load_grid(grid_path)
+    runs, excluded = expand(grid)
     sweep_dir = Path(results_root).resolve() / grid.name
     data_root, classes = resolve_data(grid)
     base = load_base(grid)
@@ -67,7 +90,7 @@ def prepare(grid_path: str | Path, results_root: str | Path = "results") -> Swee
         dump_config(configs[spec.run_id], run_dir / CONFIG_FILE, header)
         if not (run_dir / STATUS_FILE).exists():
             write_status(run_dir, "pending")
-    return Sweep(grid, runs, sweep_dir)
+    return Sweep(grid, runs, excluded, sweep_dir)
 
 
 def plan_table(sweep: Sweep) -> Table:
@@ -88,21 +111,45 @@ def plan_table(sweep: Sweep) -> Table:
 def run_sweep(grid_path: str | Path, results_root: str | Path = "results", executor: str = "local",
               executor_options: dict | None = None, dry_run: bool = False,
               console: Console | None = None) -> dict[str, str]:
-    """Prepare the sweep, print the plan, then run it (unless ``dry_run``); returns run id -> state."""
-    from .executors import get_executor
-
+    """Prepare the sweep, print the plan, then run it (unless ``dry_run``); returns run id -> state.
+    ``executor_options``: the executor's keyword arguments; for ``slurm``, resources given (not
+    None) override the grid's ``slurm:`` section."""
     console = console or Console(width=None if Console().is_terminal else 160)
-    sweep = prepare(grid_path, results_root)
+    check_results_root(results_root)
+    grid = load_grid(grid_path)
+    runner = make_executor(executor, grid, executor_options)  # bad options fail before anything is written
+    sweep = prepare(grid, results_root)
     console.print(plan_table(sweep))
     reasons: dict[str, list[dict]] = {}
-    for cell, reason in sweep.grid.excluded:
+    for cell, reason in sweep.excluded:
         reasons.setdefault(reason, []).append(cell)
     for reason, cells in reasons.items():
         console.print(f"[yellow]left out {len(cells)} cell(s)[/]: {reason}", highlight=False)
     if dry_run:
         console.print(f"dry run: configs written under {sweep.sweep_dir}, nothing run")
         return {}
-    options = dict(executor_options or {})
-    if executor == "slurm":
-        options = {**sweep.grid.slurm, **{k: v for k, v in options.items() if v is not None}}
-    return get_executor(executor, **options).run(sweep.sweep_dir, sweep.runs)
+    return runner.run(sweep.sweep_dir, sweep.runs)
+
+
+def make_executor(name: str, grid: Grid, options: dict | None = None):
+    """The executor ``name`` built from ``options``; Slurm resources are the grid's ``slurm:``
+    section with the given options on top. Raises GridError naming the bad option."""
+    from .executors import get_executor
+
+    options = dict(options or {})
+    if name == "slurm":
+        from .executors.slurm.options import SlurmOptions
+
+        given = {k: options.pop(k) for k in SlurmOptions.names() if k in options}
+        try:
+            SlurmOptions.create(**grid.slurm)
+        except ValueError as e:
+            raise grid.error("slurm", str(e), "correct the `slurm:` section (see README, Slurm)") from None
+        try:
+            options["options"] = SlurmOptions.merge(grid.slurm, given)
+        except ValueError as e:
+            raise GridError(f"Slurm option: {e}") from None
+    try:
+        return get_executor(name, **options)
+    except ValueError as e:
+        raise GridError(f"executor {name}: {e}") from None

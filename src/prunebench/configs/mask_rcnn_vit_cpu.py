@@ -1,5 +1,6 @@
-# CPU-sized variant of mask_rcnn_vit.py: tiny ViT, slim heads, small images, few proposals.
-# Used by ablations/smoke.yaml so that a whole ablation matrix trains in minutes on 2 cores.
+# CPU-sized variant of mask_rcnn_vit.py: tiny ViT, slim heads, small images, few proposals,
+# single-scale training. Used by ablations/smoke.yaml so a whole ablation matrix trains in
+# minutes on 2 cores.
 _base_ = ['./mask_rcnn_vit.py']
 
 model = dict(
@@ -19,8 +20,15 @@ model = dict(
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=20)))
-train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        batch_sampler=None)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, batch_sampler=None,
+                        dataset=dict(pipeline=train_pipeline))
 test_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False)
 default_hooks = dict(logger=dict(interval=10))
 log_processor = dict(window_size=10)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .base import Executor, is_finished
+from .base import Executor
 
 _BACKENDS = {"local": "prunebench.executors.local:LocalExecutor",
-             "slurm": "prunebench.executors.slurm:SlurmExecutor"}
+             "slurm": "prunebench.executors.slurm.executor:SlurmExecutor"}
 
 
 def get_executor(name: str, **options) -> Executor:
@@ -17,4 +17,4 @@ def get_executor(name: str, **options) -> Executor:
     return getattr(import_module(module), cls)(**options)
 
 
-__all__ = ["Executor", "get_executor", "is_finished"]
+__all__ = ["Executor", "get_executor"]

@@ -1,19 +1,28 @@
-"""The executor interface: one small class per backend (local, Slurm)."""
+"""The executor interface (one small class per backend) and what every backend's job process does."""
 from __future__ import annotations
 
+import importlib
+import os
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..grid import RunSpec
-from ..results import METRICS_FILE, read_json
+from ..results import run_lock
+
+if TYPE_CHECKING:
+    from ..spec import RunSpec
+
+DEFAULT_JOB_FN = "prunebench.job:run_job"
 
 
 class Executor(ABC):
     """Runs the prepared run folders of one sweep, dependencies first.
 
-    Each run folder already holds ``run.json`` and ``config.py``; the work of one run is
-    ``prunebench.job.run_job(run_dir)``. A run whose ``metrics.json`` is complete is skipped.
+    Each run folder already holds ``run.json`` and ``config.py``; the work of one run is the job
+    function (``prunebench.job:run_job``) called as ``fn(run_dir, launcher=...)`` by
+    :func:`call_job`. A finished run is skipped; a run locked by a live process elsewhere is not
+    started again; a failed run does not stop the others, and its dependents are skipped.
     """
 
     name: str = "base"
@@ -23,7 +32,27 @@ class Executor(ABC):
         """Execute ``runs``; return run id -> final state (done, failed, skipped, submitted...)."""
 
 
-def is_finished(run_dir: Path) -> bool:
-    """True when the run left a complete ``metrics.json``."""
-    m = read_json(Path(run_dir) / METRICS_FILE)
-    return bool(m) and m.get("box_ap") is not None and "latency_ms" in m
+def load_job_fn(ref: str) -> Callable[..., Any]:
+    """The function named ``module:function``."""
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"job function must be 'module:function', got {ref!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def is_writer() -> bool:
+    """True in the process that writes the run's files: rank 0 of a distributed job, or a plain one."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def holding_lock(run_dir: str | Path):
+    """The run's lock for the writer process (raises ``RunLocked`` when held elsewhere); other ranks
+    of a distributed job hold nothing."""
+    return run_lock(Path(run_dir)) if is_writer() else nullcontext()
+
+
+def call_job(ref: str, run_dir: str | Path, launcher: str = "none") -> Any:
+    """Call the job function ``ref`` on ``run_dir`` holding the run's lock for the whole call."""
+    fn = load_job_fn(ref)
+    with holding_lock(run_dir):
+        return fn(str(run_dir), launcher=launcher)

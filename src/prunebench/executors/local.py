@@ -1,6 +1,7 @@
 """Local executor: runs jobs as subprocesses in dependency order on N device slots."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -8,15 +9,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from ..grid import RunSpec
-from ..results import LOG_FILE, STATUS_FILE, read_json, write_status
-from .base import Executor, is_finished
+from ..results import (EXIT_LOCKED, LOG_FILE, STATUS_FILE, LockHolder, is_finished, lock_holder, read_json,
+                       record_failure, write_status)
+from .base import DEFAULT_JOB_FN, Executor, load_job_fn
+from .entry import DIE_WITH_PARENT, die_with_parent
+
+if TYPE_CHECKING:
+    from ..spec import RunSpec
 
 
 def _free_port() -> int:
@@ -33,31 +38,39 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 class LocalExecutor(Executor):
-    """Runs each job in its own process (``python -m prunebench.job``), logging to ``train.log``.
+    """Runs each job in its own process (``python -m prunebench.executors.entry``), logging to
+    ``train.log``.
 
     ``gpus`` (e.g. ``["0", "1", "2", "3"]``) gives the device slots, ``gpus_per_job`` GPUs per run
     (more than one -> torchrun with MMEngine's ``pytorch`` launcher); on CPU, ``max_parallel``
     runs at once. A failed run is recorded and the others go on; its dependents are skipped.
+    A run locked by a live process elsewhere (another sweep) is waited for like a running one.
+    Jobs die with this process (Linux), unless ``detach``: then they run on in their own session
+    and a later sweep waits for them.
     """
 
     name = "local"
 
     def __init__(self, max_parallel: int = 1, gpus: Sequence[str] | None = None, gpus_per_job: int = 1,
-                 console: Console | None = None, poll_s: float = 1.0):
+                 detach: bool = False, job_fn: str = DEFAULT_JOB_FN, console: Console | None = None,
+                 poll_s: float = 1.0):
         gpus = [str(g) for g in gpus or []]
         if gpus and (gpus_per_job < 1 or len(gpus) % gpus_per_job):
             raise ValueError(f"{len(gpus)} GPUs cannot be split into jobs of {gpus_per_job}")
+        if job_fn != DEFAULT_JOB_FN:
+            load_job_fn(job_fn)  # a bad reference fails here, not in every job
         self.slots = ([gpus[i:i + gpus_per_job] for i in range(0, len(gpus), gpus_per_job)]
                       if gpus else [[] for _ in range(max(1, max_parallel))])
+        self.detach, self.job_fn = detach, job_fn
         self.console = console or Console()
         self.poll_s = poll_s
 
     def _command(self, run_dir: Path, slot: list[str]) -> list[str]:
+        job = ["-m", "prunebench.executors.entry", str(run_dir), "--fn", self.job_fn]
         if len(slot) > 1:
             return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={len(slot)}",
-                    f"--master_port={_free_port()}", "-m", "prunebench.job", str(run_dir),
-                    "--launcher", "pytorch"]
-        return [sys.executable, "-m", "prunebench.job", str(run_dir)]
+                    f"--master_port={_free_port()}", *job, "--launcher", "pytorch"]
+        return [sys.executable, *job]
 
     def run(self, sweep_dir: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
         states: dict[str, str] = {}
@@ -69,31 +82,39 @@ class LocalExecutor(Executor):
             self.console.print(f"{len(runs) - len(todo)} finished runs skipped")
         free = list(range(len(self.slots)))
         running: dict[str, tuple[subprocess.Popen, int, float]] = {}
+        elsewhere: dict[str, LockHolder] = {}  # runs another live process is running
         try:
-            with Live(self._view(sweep_dir, runs, states, running), console=self.console,
+            with Live(self._view(sweep_dir, runs, states, running, elsewhere), console=self.console,
                       refresh_per_second=2, transient=not self.console.is_terminal) as live:
-                while todo or running:
-                    self._reap(sweep_dir, states, running, free)
-                    todo = self._start_ready(sweep_dir, todo, states, running, free)
-                    live.update(self._view(sweep_dir, runs, states, running))
-                    if running:
+                while todo or running or elsewhere:
+                    self._reap(sweep_dir, states, running, free, elsewhere)
+                    todo += self._check_elsewhere(sweep_dir, states, elsewhere, runs)
+                    todo = self._start_ready(sweep_dir, todo, states, running, free, elsewhere)
+                    live.update(self._view(sweep_dir, runs, states, running, elsewhere))
+                    if running or elsewhere:
                         time.sleep(self.poll_s)
         except KeyboardInterrupt:
             self._stop(sweep_dir, running)
             raise
         return states
 
-    def _start_ready(self, sweep_dir, todo, states, running, free) -> list[RunSpec]:
+    def _start_ready(self, sweep_dir, todo, states, running, free, elsewhere) -> list[RunSpec]:
         waiting, ready = [], []
         for spec in todo:
+            run_dir = sweep_dir / spec.run_id
             bad = [d for d in spec.depends_on if states.get(d) in ("failed", "skipped")]
             if bad:
                 states[spec.run_id] = "skipped"
                 reason = f"dependency {bad[0]} {states[bad[0]]}"
-                write_status(sweep_dir / spec.run_id, "skipped", reason=reason)
+                if not lock_holder(run_dir):
+                    write_status(run_dir, "skipped", reason=reason)
                 self.console.log(f"[yellow]skipped[/] {spec.run_id}: {reason}")
             elif len(ready) < len(free) and all(states.get(d) == "done" for d in spec.depends_on):
-                ready.append(spec)
+                holder = lock_holder(run_dir)
+                if holder:
+                    self._wait_elsewhere(spec.run_id, holder, elsewhere)
+                else:
+                    ready.append(spec)
             else:
                 waiting.append(spec)
         # CPU runs side by side share the cores: a run that starts alone gets all of them
@@ -106,14 +127,42 @@ class LocalExecutor(Executor):
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots[slot])
             else:
                 env.setdefault("OMP_NUM_THREADS", str(threads))
+            if self.detach:  # its own session: neither this process's end nor Ctrl-C reaches it
+                tie = {"start_new_session": True}
+                env.pop(DIE_WITH_PARENT, None)
+            else:
+                tie = {"preexec_fn": functools.partial(die_with_parent, os.getpid())}
+                env[DIE_WITH_PARENT] = "1"
             with open(run_dir / LOG_FILE, "a") as log:
                 proc = subprocess.Popen(self._command(run_dir, self.slots[slot]), stdout=log,
-                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, **tie)
             running[spec.run_id] = (proc, slot, time.time())
             self.console.log(f"started {spec.run_id}")
         return waiting
 
-    def _reap(self, sweep_dir, states, running, free) -> None:
+    def _wait_elsewhere(self, run_id: str, holder: LockHolder, elsewhere: dict[str, LockHolder]) -> None:
+        elsewhere[run_id] = holder
+        self.console.log(f"[blue]running elsewhere[/] {run_id}: {holder}; waiting for it")
+
+    def _check_elsewhere(self, sweep_dir, states, elsewhere, runs) -> list[RunSpec]:
+        """Runs whose foreign holder let go: done, failed (as it recorded), or back to do here."""
+        back = []
+        for run_id in list(elsewhere):
+            run_dir = sweep_dir / run_id
+            if lock_holder(run_dir):
+                continue
+            del elsewhere[run_id]
+            if is_finished(run_dir):
+                states[run_id] = "done"
+                self.console.log(f"[green]done[/] {run_id} (ran elsewhere)")
+            elif (read_json(run_dir / STATUS_FILE) or {}).get("state") == "failed":
+                states[run_id] = "failed"
+                self.console.log(f"[red]failed[/] {run_id} (ran elsewhere; log: {run_dir / LOG_FILE})")
+            else:  # it stopped unfinished: run it here, from its last checkpoint
+                back += [s for s in runs if s.run_id == run_id]
+        return back
+
+    def _reap(self, sweep_dir, states, running, free, elsewhere) -> None:
         for run_id, (proc, slot, t0) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -124,15 +173,19 @@ class LocalExecutor(Executor):
                 states[run_id] = "done"
                 self.console.log(f"[green]done[/] {run_id} in {time.time() - t0:.0f}s")
                 continue
+            if proc.returncode == EXIT_LOCKED:  # another process took the run first
+                self._wait_elsewhere(run_id, lock_holder(run_dir) or LockHolder(), elsewhere)
+                continue
             states[run_id] = "failed"
-            status = read_json(run_dir / STATUS_FILE) or {}
-            if status.get("state") != "failed":  # killed before it could say why
-                write_status(run_dir, "failed", error=f"exit code {proc.returncode}",
-                             traceback=_log_tail(run_dir / LOG_FILE), log=str(run_dir / LOG_FILE))
-                status = read_json(run_dir / STATUS_FILE) or {}
+            status = record_failure(run_dir, f"exit code {proc.returncode}", traceback=_log_tail(run_dir / LOG_FILE),
+                                    log=str(run_dir / LOG_FILE))
             self.console.log(f"[red]failed[/] {run_id}: {status.get('error', '')} (log: {run_dir / LOG_FILE})")
 
     def _stop(self, sweep_dir: Path, running) -> None:
+        if self.detach:
+            self.console.print(f"[yellow]interrupted[/]: {len(running)} detached jobs go on; re-run the same "
+                               "command to follow them and start the runs that wait for them")
+            return
         for proc, _, _ in running.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -147,17 +200,19 @@ class LocalExecutor(Executor):
         self.console.print(f"[yellow]interrupted[/]: {len(running)} running jobs stopped; "
                            "re-run the same command to resume")
 
-    def _view(self, sweep_dir, runs, states, running):
+    def _view(self, sweep_dir, runs, states, running, elsewhere):
         counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "failed", "skipped")}
-        head = (f"[bold]{counts['done']}[/] done, [bold]{len(running)}[/] running, "
+        away = f", [bold]{len(elsewhere)}[/] running elsewhere" if elsewhere else ""
+        head = (f"[bold]{counts['done']}[/] done, [bold]{len(running)}[/] running{away}, "
                 f"[red]{counts['failed']}[/] failed, {counts['skipped']} skipped, "
-                f"{len(runs) - len(states) - len(running)} waiting  ({len(runs)} runs)")
+                f"{len(runs) - len(states) - len(running) - len(elsewhere)} waiting  ({len(runs)} runs)")
         table = Table(show_header=True, box=None)
         for col in ("running", "phase", "iter", "ETA"):
             table.add_column(col)
-        for run_id in running:
+        for run_id in [*running, *elsewhere]:
             st = read_json(sweep_dir / run_id / STATUS_FILE) or {}
             it = f"{st['iter']}/{st['max_iters']}" if "iter" in st else "-"
             eta = f"{st['eta_s']:.0f}s" if "eta_s" in st and st.get("phase") == "train" else "-"
-            table.add_row(run_id, st.get("phase", "-"), it, eta)
-        return Group(head, table) if running else head
+            phase = st.get("phase", "-") + (" (elsewhere)" if run_id in elsewhere else "")
+            table.add_row(run_id, phase, it, eta)
+        return Group(head, table) if running or elsewhere else head

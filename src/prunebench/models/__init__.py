@@ -1,12 +1,26 @@
 """Token-pruning models; importing this package registers ``PrunedViT`` and ``PrunedMaskRCNN``
-in MMDetection's ``MODELS`` registry."""
-from mmdet.registry import MODELS
+in MMDetection's ``MODELS`` registry and lets ``torch.load(weights_only=True)`` read MMEngine's
+checkpoints (exactly the types they hold), so a generated ``config.py``, whose ``custom_imports``
+names this package, resumes and finetunes under MMDetection's own ``tools/train.py`` and
+``tools/test.py``.
 
-from .detector import PrunedMaskRCNN
+``pruned_vit``, ``selectors`` and ``blocks`` need only torch, timm and mmengine: where
+MMDetection is not installed (a bare GPU machine running ``scripts/gpu_bench.py``) the package
+imports without the detector and without registering anything.
+"""
+from importlib.util import find_spec
+
 from .pruned_vit import ARCHS, PrunedViT
 from .selectors import GatingSelector, MlpSelector, keep_decision
 
-MODELS.register_module(module=PrunedViT)
+__all__ = ["PrunedViT", "ARCHS", "MlpSelector", "GatingSelector", "keep_decision"]
 
-__all__ = ["PrunedViT", "PrunedMaskRCNN", "ARCHS", "MlpSelector",
-           "GatingSelector", "keep_decision"]
+if find_spec("mmdet") is not None:  # an installed but broken MMDetection still raises here
+    from mmdet.registry import MODELS
+
+    from ..checkpoint import allow_mmengine_checkpoints
+    from .detector import PrunedMaskRCNN
+
+    MODELS.register_module(module=PrunedViT)
+    allow_mmengine_checkpoints()
+    __all__.append("PrunedMaskRCNN")

@@ -11,9 +11,10 @@ __all__ = ["PrunedMaskRCNN"]
 class PrunedMaskRCNN(MaskRCNN):
     """Mask R-CNN plus ``loss_keep_ratio = weight * backbone.keep_ratio_loss()``.
 
-    The loss is the sum over pruning layers of (batch-mean keep rate - target)^2. It steers the
-    dynamic rate; under the fixed rate top-k already keeps the target, so the term is ~0
-    (rounding only) and detached: logged for uniform logs, no gradient. A dense backbone gives 0.
+    The backbone's loss is the official code's: squared gap between kept and target share per
+    selector decision, averaged over decisions (per image for the fixed rate, per batch for the
+    dynamic rate); the weight (4.0 in the paper) is ``keep_ratio_loss_weight``. A dense
+    backbone gives 0.
     """
 
     def __init__(self, *args, keep_ratio_loss_weight: float = 4.0, **kwargs):

@@ -1,21 +1,27 @@
 """PrunedViT: a plain DeiT backbone with token pruning and a ViTDet-style simple pyramid.
 
-Blocks are timm ``Block`` modules (so dense and pruned checkpoints share keys); a selector
-before each block in ``prune_layers`` decides which tokens that block (and the following
-blocks, up to the next selector) processes. Two execution paths give the same result:
+Blocks are timm ``Block`` modules (so DeiT, dense and pruned checkpoints share keys). Selectors
+decide which tokens the blocks in ``prune_layers`` process:
+
+* without reactivation (as the official code): consecutive pruning layers with the same target
+  ratio form a stage; one selector sits at the first block of each stage, scores the tokens still
+  kept, and its decision holds for the whole stage, so the kept sets nest;
+* with reactivation: a selector before every pruning layer scores *all* tokens.
+
+Two execution paths give the same result:
 
 * masked (training, or eval with ``masked_eval=True``): all N tokens stay in the sequence,
   pruned tokens are excluded as attention keys and each block's residual update is multiplied
   by the straight-through keep decision, so the selectors receive gradients;
 * sparse (eval): the kept tokens are gathered, the block runs on them only, and the outputs are
-  scattered back. With per-image counts (dynamic rate, batch > 1) images run one at a time
-  (on CPU this measured faster than padding to the largest count and masking).
+  scattered back (``sparse_mode``: how per-image counts at batch > 1 are batched).
 
 Inputs whose H or W is not a multiple of 32 are zero-padded at the bottom/right.
 """
 from __future__ import annotations
 
 import logging
+import re
 from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
@@ -27,40 +33,12 @@ from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
+from ..axes import ARCHS, PRUNING_AXES, impossible, stages
+from .blocks import gated_block, sparse_block
+from .deit_weights import load_pretrained
 from .selectors import build_selector, keep_decision
 
 __all__ = ["PrunedViT", "ARCHS"]
-
-#: arch -> (embed_dim, depth, num_heads)
-ARCHS = {"deit-tiny": (192, 12, 3), "deit-small": (384, 12, 6), "deit-base": (768, 12, 12)}
-_AXES = {
-    "pruned_tokens": ("discard", "preserve"),
-    "rate": ("fixed", "dynamic"),
-    "selector": ("mlp", "gating"),
-}
-
-
-def gated_block(blk: Block, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Masked path: pruned tokens are not attention keys, and the block's residual updates
-    are multiplied by ``keep`` ``(B, N)`` (0/1 values, straight-through gradient in training)."""
-    key_bias = torch.zeros_like(keep, dtype=x.dtype).masked_fill(keep < 0.5, float("-inf"))
-    gate = keep.to(x.dtype).unsqueeze(-1)
-    x = x + gate * blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), attn_mask=key_bias[:, None, None])))
-    return x + gate * blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-
-
-def sparse_block(blk: Block, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Sparse path: run ``blk`` on the kept tokens only (bool ``keep`` ``(B, N)``), scatter back."""
-    B, N, D = x.shape
-    counts = keep.sum(dim=1)
-    if bool((counts == counts[0]).all()):
-        idx = keep.nonzero()[:, 1].view(B, -1, 1).expand(-1, -1, D)
-        return x.scatter(1, idx, blk(x.gather(1, idx)))
-    rows = []
-    for xb, kb in zip(x, keep):
-        idx = kb.nonzero().squeeze(1)
-        rows.append(xb.index_copy(0, idx, blk(xb[idx].unsqueeze(0)).squeeze(0)))
-    return torch.stack(rows)
 
 
 class SimplePyramid(nn.Module):
@@ -93,15 +71,19 @@ class PrunedViT(BaseModule):
     Args:
         arch: ``deit-tiny`` | ``deit-small`` | ``deit-base``; ``embed_dim``, ``depth`` and
             ``num_heads`` override its dimensions.
-        prune_layers: 0-based block indices with a selector before them; ``[]`` is dense.
+        prune_layers: 0-based block indices that may prune; ``[]`` is dense.
         keep_ratios: target fraction of all N tokens kept at each pruning layer, in (0, 1].
         pruned_tokens: ``preserve`` (pruned tokens keep their value and reach the output) or
             ``discard`` (their position in the final token map is zero).
-        reactivation: selectors score all tokens (needs ``preserve``); otherwise masks nest.
-        rate: ``fixed`` (exactly ``round(r*N)`` tokens per image) or ``dynamic`` (per-token
-            decisions, steered by :meth:`keep_ratio_loss`).
+        reactivation: a selector at every pruning layer scores all tokens (needs ``preserve``);
+            otherwise one selector per stage of equal ratios, and the kept sets nest.
+        rate: ``fixed`` (exactly ``round(r*N)`` tokens per image at inference; per-image
+            keep-ratio loss) or ``dynamic`` (per-token decisions at inference; batch-level loss).
         selector: ``mlp`` | ``gating``.
         tau: Gumbel-softmax temperature.
+        pretrained: path of an ImageNet DeiT checkpoint, loaded by :meth:`init_weights`
+            (official DeiT ``.pth``, timm ``.pth``/``.bin`` or ``.safetensors``).
+        sparse_mode: eval path for per-image counts at batch > 1 (``auto``|``loop``|``padded``).
         masked_eval: run the masked training-style path in eval mode too (equivalence tests
             only; it is slower). Also settable as an attribute.
 
@@ -127,18 +109,21 @@ class PrunedViT(BaseModule):
         out_channels: int = 256,
         drop_path_rate: float = 0.0,
         pretrain_img_size: int = 224,
+        pretrained: Optional[str] = None,
+        sparse_mode: str = "auto",
         masked_eval: bool = False,
         init_cfg: Optional[dict] = None,
     ):
         super().__init__(init_cfg=init_cfg)
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
-        for name, value in (("pruned_tokens", pruned_tokens), ("rate", rate), ("selector", selector)):
-            if value not in _AXES[name]:
-                raise ValueError(f"unknown {name} {value!r}; expected one of {_AXES[name]}")
-        if pruned_tokens == "discard" and reactivation:
-            raise ValueError("reactivation needs pruned_tokens='preserve': a discarded token has "
-                             "left the sequence and has no state to be reactivated with")
+        for name, value in (("pruned_tokens", pruned_tokens), ("rate", rate), ("selector", selector),
+                            ("reactivation", reactivation)):
+            if value not in PRUNING_AXES[name]:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {PRUNING_AXES[name]}")
+        reason = impossible(dict(pruned_tokens=pruned_tokens, reactivation=reactivation))
+        if reason:
+            raise ValueError(reason)
         d, n_blocks, heads = ARCHS[arch]
         embed_dim, depth, num_heads = embed_dim or d, depth or n_blocks, num_heads or heads
         prune_layers, keep_ratios = [int(i) for i in prune_layers], [float(r) for r in keep_ratios]
@@ -159,9 +144,12 @@ class PrunedViT(BaseModule):
         self.patch_size = patch_size
         self.prune_layers, self.keep_ratios = prune_layers, keep_ratios
         self.pruned_tokens, self.reactivation, self.rate, self.tau = pruned_tokens, reactivation, rate, tau
-        self.masked_eval = masked_eval
+        self.pretrained, self.sparse_mode, self.masked_eval = pretrained, sparse_mode, masked_eval
         self.last_keep_masks: List[torch.Tensor] = []
-        self._keep_decisions: List[torch.Tensor] = []
+        self._keep_decisions: List[Tuple[torch.Tensor, float]] = []
+        # selector index of each pruning layer: its own (reactivation) or its stage's first layer's
+        self.selector_of_layer = (list(range(len(prune_layers))) if reactivation
+                                  else stages(keep_ratios))
 
         self.pretrain_grid = pretrain_img_size // patch_size
         self.patch_embed = PatchEmbed(pretrain_img_size, patch_size, 3, embed_dim,
@@ -173,13 +161,32 @@ class PrunedViT(BaseModule):
                   norm_layer=partial(nn.LayerNorm, eps=1e-6))
             for i in range(depth)
         ])
-        self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in prune_layers])
+        n_selectors = len(set(self.selector_of_layer))
+        self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in range(n_selectors)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.pyramid = SimplePyramid(embed_dim, out_channels)
 
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_linear)
+        for s, share in enumerate(self.initial_keep_shares()):
+            self.selectors[s].init_keep_share(share)
         self.register_load_state_dict_post_hook(_fresh_selectors_hook)
+
+    def initial_keep_shares(self) -> List[float]:
+        """Share of the tokens it may keep that each fresh selector starts keeping: its target,
+        relative to the previous stage's target without reactivation (kept sets nest)."""
+        firsts = [self.selector_of_layer.index(s) for s in range(len(self.selectors))]
+        targets = [self.keep_ratios[j] for j in firsts]
+        if self.reactivation:
+            return targets
+        return [r / (targets[s - 1] if s else 1.0) for s, r in enumerate(targets)]
+
+    def init_weights(self) -> None:
+        """MMEngine's weight init, then the ImageNet DeiT checkpoint of ``pretrained``."""
+        super().init_weights()
+        if self.pretrained:
+            report = load_pretrained(self, self.pretrained)
+            print_log(report.line(), logger="current", level=logging.INFO)
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
         g = self.pretrain_grid
@@ -197,26 +204,29 @@ class PrunedViT(BaseModule):
         x = x.reshape(B, h * w, D) + self._pos_embed(h, w)
 
         masked = self.training or self.masked_eval
-        keep, masks, decisions = None, [], []
+        keep, masks, decisions, current = None, [], [], None
         for i, blk in enumerate(self.blocks):
             if i in self.prune_layers:
                 j = self.prune_layers.index(i)
-                available = None if self.reactivation or keep is None else keep > 0.5
-                logits = self.selectors[j](x, available)
-                new = keep_decision(logits, available, self.keep_ratios[j], self.rate,
-                                    self.training, self.tau)
-                if self.training and available is not None:
-                    new = new * keep  # nested masks; gradient flows through both decisions
-                keep = new
+                s = self.selector_of_layer[j]
+                if s != current:  # a new decision: every layer with reactivation, else per stage
+                    current = s
+                    available = None if self.reactivation or keep is None else keep > 0.5
+                    logits = self.selectors[s](x, available)
+                    new = keep_decision(logits, available, self.keep_ratios[j], self.rate,
+                                        self.training, self.tau)
+                    if self.training and available is not None:
+                        new = new * keep  # nested: gradient flows through both decisions
+                    keep = new
+                    if self.training:
+                        decisions.append((keep, self.keep_ratios[j]))
                 masks.append((keep > 0.5).detach())
-                if self.training:
-                    decisions.append(keep)
             if keep is None:
                 x = blk(x)
             elif masked:
                 x = gated_block(blk, x, keep)
             else:
-                x = sparse_block(blk, x, keep)
+                x = sparse_block(blk, x, keep, mode=self.sparse_mode)
         self.last_keep_masks, self._keep_decisions = masks, decisions
 
         x = self.norm(x)
@@ -225,12 +235,20 @@ class PrunedViT(BaseModule):
         return self.pyramid(x.transpose(1, 2).reshape(B, D, h, w))
 
     def keep_ratio_loss(self) -> torch.Tensor:
-        """Sum over pruning layers of (batch-mean keep rate - target)^2, from the last training
-        forward. Under the fixed rate it is ~0 by construction and returned detached."""
+        """Keep-ratio loss of the last training forward, as the official code: per selector
+        decision the squared gap between achieved and target share of all N tokens, averaged
+        over decisions (per stage without reactivation, per pruning layer with it; with equal
+        stage lengths this is the mean over pruning layers). ``dynamic``: batch-level share;
+        ``fixed``: per image, then averaged over images. Unweighted; 0 for a dense model."""
         if not self._keep_decisions:
             return self.pos_embed.new_zeros(())
-        loss = sum((d.mean() - r) ** 2 for d, r in zip(self._keep_decisions, self.keep_ratios))
-        return loss.detach() if self.rate == "fixed" else loss
+        terms = []
+        for d, r in self._keep_decisions:
+            if self.rate == "dynamic":
+                terms.append((d.mean() - r) ** 2)
+            else:
+                terms.append(((d.mean(dim=1) - r) ** 2).mean())
+        return torch.stack(terms).mean()
 
 
 def _init_linear(m: nn.Module) -> None:
@@ -246,5 +264,7 @@ def _fresh_selectors_hook(module: PrunedViT, incompatible_keys) -> None:
     if fresh:
         for k in fresh:
             incompatible_keys.missing_keys.remove(k)
-        print_log(f"PrunedViT: {len(fresh)} selector parameters not in the checkpoint start "
-                  f"fresh: {fresh}", logger="current", level=logging.WARNING)
+        modules = sorted({re.sub(r"(selectors\.\d+)\..*", r"\1", k) for k in fresh})
+        print_log(f"PrunedViT: {len(modules)} selectors ({len(fresh)} tensors: "
+                  f"{', '.join(modules)}) are not in the checkpoint and start fresh",
+                  logger="current", level=logging.WARNING)

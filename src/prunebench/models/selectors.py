@@ -3,23 +3,26 @@
 A selector maps tokens ``(B, N, D)`` to keep/prune logits ``(B, N, 2)`` (index 0 = keep).
 :func:`keep_decision` turns logits into a decision:
 
-* training: hard Gumbel-softmax with straight-through gradients. ``rate="dynamic"`` takes the
-  per-token argmax of the perturbed logits; ``rate="fixed"`` takes the top-k of the perturbed
-  keep probability (exactly ``round(r*N)`` per image, as at inference). The returned float
-  tensor is 0/1 in value and carries the soft probability's gradient.
-* inference: top-k of the keep score (fixed) or ``keep logit > prune logit`` (dynamic); a bool
-  tensor.
+* training (both rates, as in the official code and DynamicViT): per-token hard Gumbel-softmax
+  with straight-through gradients. The returned float tensor is 0/1 in value and carries the soft
+  keep probability's gradient; the keep-ratio loss steers how many tokens are kept.
+* inference: ``rate="fixed"`` keeps exactly ``round(r*N)`` tokens per image (top-k of the keep
+  score), so the cost is fixed; ``rate="dynamic"`` keeps the tokens whose keep logit wins, so each
+  image keeps as many as it needs. A bool tensor.
 
 Only ``available`` tokens can be kept, and every image keeps at least one token.
+A fresh selector starts near a given keep share (:meth:`init_keep_share` sets the logit bias).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector"]
+__all__ = ["MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector",
+           "set_keep_bias"]
 
 
 class MlpSelector(nn.Module):
@@ -34,6 +37,10 @@ class MlpSelector(nn.Module):
 
     def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
+
+    def init_keep_share(self, share: float) -> None:
+        """Start keeping about ``share`` of the tokens (see :func:`set_keep_bias`)."""
+        set_keep_bias(self.fc2, share)
 
 
 class GatingSelector(nn.Module):
@@ -62,6 +69,20 @@ class GatingSelector(nn.Module):
             w = available.to(glob.dtype).unsqueeze(-1)
             glob = (glob * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp(min=1)
         return self.out_mlp(torch.cat([local, glob.expand_as(local)], dim=-1))
+
+    def init_keep_share(self, share: float) -> None:
+        """Start keeping about ``share`` of the tokens (see :func:`set_keep_bias`)."""
+        set_keep_bias(self.out_mlp[-1], share)
+
+
+def set_keep_bias(last: nn.Linear, share: float) -> None:
+    """Bias the keep-minus-prune logit of ``last`` (the selector's output layer) by
+    ``logit(share)``: under Gumbel noise a token with a zero feature contribution is then kept
+    with probability ``share``, so an untrained selector is not over-pruned."""
+    share = min(max(share, 1e-3), 1 - 1e-3)
+    gap = math.log(share / (1 - share))
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=last.bias.dtype))
 
 
 _SELECTORS = {"mlp": MlpSelector, "gating": GatingSelector}
@@ -92,7 +113,8 @@ def keep_decision(
 ) -> torch.Tensor:
     """Keep decision ``(B, N)`` from logits ``(B, N, 2)``; see the module docstring.
 
-    ``available`` (bool ``(B, N)`` or None for all) marks the tokens that may be kept.
+    ``available`` (bool ``(B, N)`` or None for all) marks the tokens that may be kept;
+    ``keep_ratio`` is the target share of all N tokens (used by the fixed rate at inference).
     Returns a straight-through float tensor when ``training``, else a bool tensor.
     """
     # The 2-way (Gumbel-)softmax depends on the logit difference only; the difference of two
@@ -102,12 +124,11 @@ def keep_decision(
         u = torch.rand_like(score).clamp_(1e-6, 1 - 1e-6)
         score = (score + u.log() - (-u).log1p()) / tau
     z = score.detach() if available is None else score.detach().masked_fill(~available, float("-inf"))
-    if rate == "fixed":
-        keep = _topk_mask(z, num_kept(keep_ratio, int(logits.shape[1])))
-    else:
-        keep = z > 0
-        empty = ~keep.any(dim=1, keepdim=True)  # keep at least the best token of every image
-        keep = keep | (_topk_mask(z, 1) & empty)
+    if rate == "fixed" and not training:
+        return _topk_mask(z, num_kept(keep_ratio, int(logits.shape[1])))
+    keep = z > 0
+    empty = ~keep.any(dim=1, keepdim=True)  # keep at least the best token of every image
+    keep = keep | (_topk_mask(z, 1) & empty)
     if not training:
         return keep
     soft = score.sigmoid()

@@ -1,0 +1,195 @@
+"""Dense vs pruned PrunedViT backbone on a GPU: a table and a JSON file.
+
+    python scripts/gpu_bench.py                      # CUDA, deit-small 800x1344, < 4 min on an H100
+    python scripts/gpu_bench.py --device cpu --quick # CI-size run of the same code on a tiny model
+
+Needs only torch, timm and mmengine (no MMDetection/MMCV): it imports the backbone modules and
+the timing helpers of prunebench from this checkout's ``src/``. Models: dense, pruned with the
+fixed rate, pruned with the dynamic rate (per-image counts at batch > 1: the ``loop`` and the
+``padded`` sparse paths side by side), the paper's reference schedule, random weights. Each group
+(batch x dtype x eager/compiled) times its models in interleaved rounds (CUDA events after a
+synchronize); rows give the median, the mean of the middle 50 % and p90 in ms, and the speed-up
+over dense in the same group. ``compile``: every ViT block goes through ``torch.compile``
+(dynamic shapes); selectors, gather/scatter and the pyramid stay eager.
+
+Untrained dynamic selectors keep almost all tokens or almost none (their logits barely depend on
+the input), so their keep scores are standardised and thresholded at each stage's target share,
+calibrated once on the benchmark input, plus a per-image offset spread over +-0.25 standard
+deviations across the batch: images keep different counts around the target, as trained dynamic
+selectors do on real images. The real selectors, keep decisions and sparse paths run unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from prunebench.axes import REFERENCE_LAYERS, REFERENCE_RATIOS  # noqa: E402
+from prunebench.bench import autocast, latency_stats, time_calls  # noqa: E402
+from prunebench.models.pruned_vit import PrunedViT  # noqa: E402
+
+FULL = dict(arch="deit-small", input_size=(800, 1344), batches=(1, 8), warmup=10, repeats=40,
+            backbone=dict(), prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
+QUICK = dict(arch="deit-tiny", input_size=(128, 192), batches=(1, 2), warmup=1, repeats=3,
+             backbone=dict(embed_dim=96, depth=4, num_heads=3, out_channels=64),
+             prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.49, 0.343])
+SPREAD = 0.25  # per-image offset of dynamic keep scores, in standard deviations, across a batch
+
+
+class _DynamicKeepScores:
+    """Forward hooks on a dynamic-rate model's selectors (see the module docstring)."""
+
+    def __init__(self, model: PrunedViT):
+        self.shares = model.initial_keep_shares()
+        self.reset()
+        for s, sel in enumerate(model.selectors):
+            sel.register_forward_hook(partial(self._hook, s))
+
+    def reset(self) -> None:
+        """Calibrate again on the next forward."""
+        self.calib: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.shares)
+
+    def _hook(self, s, module, args, logits):
+        score = (logits[..., 0] - logits[..., 1]).float()
+        if self.calib[s] is None:
+            available = args[1] if len(args) > 1 else None
+            z = score if available is None else score[available]
+            self.calib[s] = (torch.quantile(z, 1 - self.shares[s]), z.std().clamp(min=1e-12))
+        threshold, std = self.calib[s]
+        B = score.shape[0]
+        offset = SPREAD * torch.linspace(-1, 1, B, device=score.device) if B > 1 else 0.0
+        d = ((score - threshold) / std + (offset[:, None] if B > 1 else offset)).to(logits.dtype)
+        return torch.stack([d / 2, -d / 2], dim=-1)
+
+
+def build(cfg: dict, device: torch.device) -> tuple[dict[str, torch.nn.Module], list[_DynamicKeepScores]]:
+    """Dense, fixed-rate and dynamic-rate (loop / padded) backbones sharing all block weights,
+    and the dynamic models' keep-score hooks."""
+    torch.manual_seed(0)
+    dense = PrunedViT(cfg["arch"], **cfg["backbone"])
+    models, hooks = {"dense": dense}, []
+    schedule = dict(prune_layers=cfg["prune_layers"], keep_ratios=cfg["keep_ratios"])
+    for name, rate, mode in [("fixed", "fixed", "auto"), ("dynamic loop", "dynamic", "loop"),
+                             ("dynamic padded", "dynamic", "padded")]:
+        m = PrunedViT(cfg["arch"], rate=rate, sparse_mode=mode, **schedule, **cfg["backbone"])
+        if name == "dynamic padded":  # the same selectors as the loop variant
+            m.load_state_dict(models["dynamic loop"].state_dict())
+        else:
+            m.load_state_dict(dense.state_dict())  # shared blocks; selectors start fresh
+        if name == "dynamic loop":
+            for p in m.selectors.parameters():  # keep scores that vary with the input
+                torch.nn.init.normal_(p, std=0.3)
+        if rate == "dynamic":
+            hooks.append(_DynamicKeepScores(m))
+        models[name] = m
+    return {k: m.to(device).eval() for k, m in models.items()}, hooks
+
+
+def run_group(models: dict, hooks: list[_DynamicKeepScores], img: torch.Tensor, dtype: str,
+              compiled: bool, cfg: dict, device: torch.device) -> list[dict]:
+    """Time the models on ``img`` (interleaved rounds); one row per model."""
+    def call(m):
+        with autocast(device, dtype):
+            m(img)
+
+    for h in hooks:
+        h.reset()
+    with torch.no_grad():
+        for m in models.values():  # calibrates the dynamic hooks on this input and dtype, untimed
+            call(m)
+    ms = time_calls({k: [partial(call, m)] for k, m in models.items()}, device, cfg["warmup"],
+                    cfg["repeats"])
+    dense_median = latency_stats(ms["dense"])["median"]
+    rows = []
+    for name, m in models.items():
+        stats = latency_stats(ms[name])
+        masks = m.last_keep_masks
+        keep = [float(k.float().mean()) for k in masks]
+        counts = masks[-1].sum(1).tolist() if masks else []
+        rows.append({"model": name.split()[0], "sparse_mode": name.split()[1] if " " in name else None,
+                     "batch": img.shape[0], "dtype": dtype, "compile": compiled, "ms": stats,
+                     "ms_per_image": stats["median"] / img.shape[0],
+                     "speedup": dense_median / stats["median"],
+                     "keep_ratio": sum(keep) / len(keep) if keep else 1.0,
+                     "last_layer_counts": counts})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--quick", action="store_true", help="tiny model and input, few repeats (CI)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time torch.compile'd blocks (default: on CUDA only)")
+    ap.add_argument("--budget-s", type=float, default=210.0,
+                    help="skip the remaining groups once this much time has passed")
+    ap.add_argument("--out", default="gpu_bench.json", help="JSON output file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cfg = QUICK if args.quick else FULL
+    compile_too = device.type == "cuda" if args.compile is None else args.compile
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch._dynamo.config.cache_size_limit = 64  # Block graphs per (mask, dtype, shape) variant
+
+    t0 = time.perf_counter()
+    H, W = cfg["input_size"]
+    groups = [(b, dt, c) for c in ([False, True] if compile_too else [False])
+              for b in cfg["batches"] for dt in ("fp32", "bf16")]
+    rows, skipped, models, hooks, models_compiled = [], [], {}, [], None
+    for batch, dtype, compiled in groups:
+        if time.perf_counter() - t0 > args.budget_s:
+            skipped.append({"batch": batch, "dtype": dtype, "compile": compiled})
+            continue
+        if models_compiled != compiled:
+            (models, hooks), models_compiled = build(cfg, device), compiled
+            for blk in (b for m in models.values() for b in m.blocks) if compiled else ():
+                blk.compile(dynamic=True)
+        group = {k: m for k, m in models.items() if not (batch == 1 and k == "dynamic loop")}
+        img = torch.randn(batch, 3, H, W, generator=torch.Generator().manual_seed(batch)).to(device)
+        tg = time.perf_counter()
+        rows += run_group(group, hooks, img, dtype, compiled, cfg, device)
+        print(f"  batch {batch} {dtype} {'compiled' if compiled else 'eager'}: "
+              f"{time.perf_counter() - tg:.1f} s", file=sys.stderr)
+
+    import timm
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    out = {"device": dev, "torch": torch.__version__, "timm": timm.__version__,
+           "threads": torch.get_num_threads(), "arch": cfg["arch"], "input_size": [H, W],
+           "prune_layers": list(cfg["prune_layers"]), "keep_ratios": list(cfg["keep_ratios"]),
+           "warmup": cfg["warmup"], "repeats": cfg["repeats"], "rows": rows, "skipped": skipped,
+           "total_s": round(time.perf_counter() - t0, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(table(out))
+
+
+def table(out: dict) -> str:
+    """The rows as a Markdown table."""
+    lines = [f"{out['arch']} backbone {out['input_size'][0]}x{out['input_size'][1]} on {out['device']} "
+             f"(torch {out['torch']}), {out['repeats']} timed rounds after {out['warmup']} warm-up",
+             "", "| batch | dtype | mode | model | median ms | mid-50% mean | p90 | ms/image | speed-up | keep |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        model = r["model"] + (f" ({r['sparse_mode']})" if r["sparse_mode"] else "")
+        s = r["ms"]
+        lines.append(f"| {r['batch']} | {r['dtype']} | {'compile' if r['compile'] else 'eager'} | {model} | "
+                     f"{s['median']:.2f} | {s['mid50_mean']:.2f} | {s['p90']:.2f} | {r['ms_per_image']:.2f} | "
+                     f"{r['speedup']:.2f}x | {r['keep_ratio']:.3f} |")
+    for s in out["skipped"]:
+        lines.append(f"skipped (time budget): batch {s['batch']} {s['dtype']} "
+                     f"{'compile' if s['compile'] else 'eager'}")
+    lines.append(f"total {out['total_s']} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

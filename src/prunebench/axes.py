@@ -1,0 +1,77 @@
+"""The facts every stage shares: the four pruning axes and their values, the DeiT architectures,
+the paper's reference pruning schedule, the discard + reactivation rule and display labels.
+
+A leaf module: it imports nothing from prunebench, so the grid, the models, the report and the
+scripts can all take these facts from here.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+#: axis -> its values, in display order.
+PRUNING_AXES: dict[str, tuple] = {
+    "pruned_tokens": ("discard", "preserve"),
+    "reactivation": (False, True),
+    "rate": ("fixed", "dynamic"),
+    "selector": ("mlp", "gating"),
+}
+#: value of an axis a grid does not sweep.
+AXIS_DEFAULTS: dict[str, Any] = {"pruned_tokens": "preserve", "reactivation": False,
+                                 "rate": "fixed", "selector": "mlp"}
+#: the paper's finding per axis, as (better or equal value, other value).
+PAPER_DIRECTION: dict[str, tuple] = {"pruned_tokens": ("preserve", "discard"),
+                                     "reactivation": (True, False),
+                                     "rate": ("dynamic", "fixed"),
+                                     "selector": ("mlp", "gating")}
+
+#: arch -> (embed_dim, depth, num_heads) of the DeiT models.
+ARCHS: dict[str, tuple[int, int, int]] = {"deit-tiny": (192, 12, 3), "deit-small": (384, 12, 6),
+                                          "deit-base": (768, 12, 12)}
+#: timm model names of the archs (for checkpoint docs and tests).
+TIMM_NAMES: dict[str, str] = {"deit-tiny": "deit_tiny_patch16_224",
+                              "deit-small": "deit_small_patch16_224",
+                              "deit-base": "deit_base_patch16_224"}
+
+#: The paper's schedule: selectors before blocks 4..12 (1-based), keep ratios of all N tokens.
+REFERENCE_LAYERS: list[int] = [3, 4, 5, 6, 7, 8, 9, 10, 11]
+REFERENCE_RATIOS: list[float] = [0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343]
+
+IMPOSSIBLE_REASON = ("discard + reactivation: a discarded token has no state to come back with "
+                     "(reactivation needs pruned_tokens=preserve)")
+
+#: short tags used in run ids (``preserve-react-dyn-mlp``).
+_ID_TAGS = {"reactivation": {True: "react", False: "noreact"},
+            "rate": {"fixed": "fixed", "dynamic": "dyn"}}
+#: column headers of the axes in tables.
+AXIS_HEADERS = {"pruned_tokens": "pruned tokens", "reactivation": "react."}
+
+
+def impossible(cell: Mapping[str, Any]) -> str | None:
+    """Why a combination of axis values cannot run, or None when it can."""
+    if cell.get("pruned_tokens") == "discard" and cell.get("reactivation"):
+        return IMPOSSIBLE_REASON
+    return None
+
+
+def id_prefix(cell: Mapping[str, Any]) -> str:
+    """Readable run-id prefix of a pruned cell, e.g. ``preserve-react-dyn-mlp``."""
+    parts = [str(cell["pruned_tokens"])]
+    parts += [_ID_TAGS[k][cell[k]] for k in ("reactivation", "rate")]
+    parts.append(str(cell["selector"]))
+    return "-".join(parts)
+
+
+def value_label(axis: str, value: Any) -> str:
+    """How one pruning-axis value reads in sentences and legends."""
+    if axis == "reactivation":
+        return "reactivation" if value else "no reactivation"
+    return str(value)
+
+
+def stages(keep_ratios: list[float]) -> list[int]:
+    """Stage index of each pruning layer: consecutive layers with the same target ratio form a
+    stage, as in the official code (reference schedule: [0, 0, 0, 1, 1, 1, 2, 2, 2])."""
+    out: list[int] = []
+    for i, r in enumerate(keep_ratios):
+        out.append(0 if i == 0 else out[-1] + (r != keep_ratios[i - 1]))
+    return out

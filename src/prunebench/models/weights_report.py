@@ -1,0 +1,48 @@
+"""``prunebench weights``: what an ImageNet DeiT checkpoint covers of a PrunedViT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..axes import ARCHS, REFERENCE_LAYERS, REFERENCE_RATIOS
+from .deit_weights import WeightsError, load_pretrained
+from .pruned_vit import PrunedViT
+
+
+def _group(keys: list[str]) -> list[tuple[str, int]]:
+    """Keys grouped by module (``blocks.3.attn.qkv.weight`` -> ``blocks``), with counts."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        groups[k.split(".")[0]] = groups.get(k.split(".")[0], 0) + 1
+    return sorted(groups.items())
+
+
+def check_weights(path: Path, arch: str, console) -> int:
+    """Load ``path`` into a pruned ``arch`` model as a run would; print a coverage table.
+    Returns the exit code: 0 when it loads, 1 when it would not."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if arch not in ARCHS:
+        console.print(f"[red]error:[/] unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
+        return 1
+    model = PrunedViT(arch=arch, prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
+    try:
+        report = load_pretrained(model, path)
+    except WeightsError as e:
+        console.print(f"[red]would not load:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
+        return 1
+    table = Table(title=f"{path} -> PrunedViT {arch}")
+    for col in ("", "module", "tensors"):
+        table.add_column(col)
+    for label, keys, style in (("loaded", report.loaded, "green"), ("fresh", report.fresh, "yellow"),
+                               ("ignored", report.ignored, "dim")):
+        for i, (module, n) in enumerate(_group(keys)):
+            table.add_row(f"[{style}]{label}[/]" if i == 0 else "", module, str(n))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    console.print(f"[green]ok:[/] every ViT tensor of {arch} comes from the file "
+                  f"({len(report.loaded)} loaded); {len(report.fresh)} start fresh (pyramid, selectors); "
+                  f"{len(report.ignored)} ignored. Grid line: `backbone.pretrained: {escape(str(path))}`",
+                  highlight=False, soft_wrap=True)
+    return 0

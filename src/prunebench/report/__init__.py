@@ -1,0 +1,19 @@
+"""``prunebench report``: a results folder -> which design choices matter, and how sure that is.
+
+- ``build``: runs -> rows (per run, or mean ± std per setting over seeds), change and speed-up
+  vs the dense run, per-axis effects over matched pairs with 95 % t-intervals;
+- ``stats``: Student-t quantiles, t-intervals, the power estimate (no scipy);
+- ``paper`` + ``paper.json``: the paper's reference values and the verdict on each finding;
+- ``render``: terminal table, CSV, Markdown, JSON, LaTeX; ``plot``: the figure;
+- ``command``: ``run_report``, what ``prunebench report`` calls.
+"""
+from __future__ import annotations
+
+from .build import Effect, Report, build_report
+from .command import run_report
+from .plot import pareto_front, plot_pareto
+from .render import FORMATS, print_table, render, to_csv
+from .stats import pairs_needed, t_interval, t_quantile
+
+__all__ = ["FORMATS", "Effect", "Report", "build_report", "pairs_needed", "pareto_front", "plot_pareto", "print_table",
+           "render", "run_report", "t_interval", "t_quantile", "to_csv"]

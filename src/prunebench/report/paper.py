@@ -1,0 +1,131 @@
+"""The paper's reference values (``paper.json``, with their source) and this study's verdict on
+each of the paper's four findings, plus its best pruned cell beside the paper's headline."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import axes as facts
+
+if TYPE_CHECKING:
+    from .build import Effect, Report
+
+PAPER_FILE = Path(__file__).with_name("paper.json")
+VERDICT_METRICS = ("box_ap", "mask_ap")  # each finding is judged on both
+HEADLINE = ("d_box_ap", "d_mask_ap", "speedup_full", "speedup_backbone")
+_NUMBERS = ("dense.box_ap", "dense.mask_ap", "dense.fps", "pruned.box_ap", "pruned.mask_ap", "pruned.fps",
+            "pruned.speedup_backbone", "prior.d_box_ap", "prior.d_mask_ap")
+
+
+@lru_cache(maxsize=None)
+def load_paper(path: Path = PAPER_FILE) -> dict:
+    """The reference values; ValueError naming the file and key when one is missing or wrong."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the paper's reference values ({e}); reinstall prunebench") from e
+    for dotted in _NUMBERS:
+        section, key = dotted.split(".")
+        if not isinstance((data.get(section) or {}).get(key), (int, float)):
+            raise ValueError(f"{path}: {dotted} must be a number")
+    for i, f in enumerate(data.get("findings") or ()):
+        if f.get("axis") not in facts.PAPER_DIRECTION or f.get("kind") not in ("better", "equivalent"):
+            raise ValueError(f"{path}: findings[{i}] needs axis in {list(facts.PAPER_DIRECTION)} and "
+                             "kind 'better' or 'equivalent'")
+    if not data.get("findings") or not (data.get("source") or {}).get("cite"):
+        raise ValueError(f"{path}: needs 'findings' and 'source.cite'")
+    return data
+
+
+@dataclass
+class Verdict:
+    finding: int  # 1-based, as listed in paper.json
+    claim: str
+    axis: str
+    paper: str  # the paper's direction: "preserve > discard", "mlp ≈ gating (±0.5 AP)"
+    metric: str
+    effect: Effect | None
+    verdict: str  # reproduced | contradicted | inconclusive
+    reason: str
+
+
+@dataclass
+class PaperCheck:
+    source: dict
+    margin: float
+    verdicts: list[Verdict]
+    headline: list[dict]  # label, d_box_ap, d_mask_ap, speedup_full, speedup_backbone (+ _std)
+
+
+def judge(effect: Effect | None, kind: str, margin: float) -> tuple[str, str]:
+    """(verdict, reason) for a "better" finding (the interval must exclude 0 in the paper's
+    direction: effects are first − second with the paper's better value first) or an
+    "equivalent" one (the interval must lie within ±margin)."""
+    if effect is None:
+        return "inconclusive", "not in this study: no pairs differ only in this axis"
+    if effect.low is None:
+        return "inconclusive", "1 pair: no interval"
+    verdict, reason = _judge_interval(effect.low, effect.high, kind, margin)
+    if effect.seeds < 2:
+        alone = f" (alone, the interval says {verdict})" if verdict != "inconclusive" else ""
+        return "inconclusive", "one seed: cannot be told from noise" + alone
+    return verdict, reason
+
+
+def _judge_interval(low: float, high: float, kind: str, margin: float) -> tuple[str, str]:
+    if kind == "equivalent":
+        if -margin <= low and high <= margin:
+            return "reproduced", f"interval within ±{margin:g}"
+        if low > margin or high < -margin:
+            return "contradicted", f"interval outside ±{margin:g}"
+        return "inconclusive", f"interval crosses ±{margin:g}"
+    if low > 0:
+        return "reproduced", "interval above 0"
+    if high < 0:
+        return "contradicted", "interval below 0"
+    return "inconclusive", "interval includes 0 (within noise)"
+
+
+def _headline_row(label: str, row: dict) -> dict:
+    return {"label": label, **{k: row.get(k) for k in HEADLINE}, **{f"{k}_std": row.get(f"{k}_std") for k in HEADLINE}}
+
+
+def headline(report: Report, paper: dict) -> list[dict]:
+    """The paper's SViT and prior methods beside this study's best pruned cell (highest Δ box AP)
+    and its cell with the paper's choice on every axis."""
+    dense, pruned, prior = paper["dense"], paper["pruned"], paper["prior"]
+    out = [{"label": f"paper: {pruned['model']}", "d_box_ap": pruned["box_ap"] - dense["box_ap"],
+            "d_mask_ap": pruned["mask_ap"] - dense["mask_ap"], "speedup_full": pruned["fps"] / dense["fps"],
+            "speedup_backbone": pruned["speedup_backbone"]},
+           {"label": f"paper: {prior['model']}", "d_box_ap": prior["d_box_ap"], "d_mask_ap": prior["d_mask_ap"],
+            "speedup_full": None, "speedup_backbone": None}]
+    cells = sorted((r for r in report.rows if not r["dense"] and r["d_box_ap"] is not None),
+                   key=lambda r: (r["d_box_ap"], r["speedup_full"] or 0), reverse=True)
+    svit = {a: better for a, (better, _) in facts.PAPER_DIRECTION.items()}
+    ours = [r for r in cells if all(r["axes"].get(a) == v for a, v in svit.items())]
+    if cells and ours and ours[0] is cells[0]:
+        out.append(_headline_row(f"this study: best cell = the paper's choices ({cells[0]['label']})", cells[0]))
+    else:
+        out += [_headline_row(f"this study: best cell ({cells[0]['label']})", cells[0])] if cells else []
+        out += [_headline_row(f"this study: the paper's choices ({ours[0]['label']})", ours[0])] if ours else []
+    return out
+
+
+def check_paper(report: Report, margin: float = 0.5) -> PaperCheck:
+    """Verdicts on the paper's findings from ``report.effects`` and the headline comparison."""
+    if not margin > 0:
+        raise ValueError(f"--margin {margin:g}: the equivalence margin must be a positive number of AP points")
+    paper = load_paper()
+    effects = {(e.axis, e.metric): e for e in report.effects}
+    verdicts = []
+    for i, finding in enumerate(paper["findings"], 1):
+        axis, kind = finding["axis"], finding["kind"]
+        better, other = (facts.value_label(axis, v) for v in facts.PAPER_DIRECTION[axis])
+        direction = f"{better} > {other}" if kind == "better" else f"{better} ≈ {other} (±{margin:g} AP)"
+        for metric in VERDICT_METRICS:
+            effect = effects.get((axis, metric))
+            verdicts.append(Verdict(i, finding["claim"], axis, direction, metric, effect, *judge(effect, kind, margin)))
+    return PaperCheck(paper["source"], margin, verdicts, headline(report, paper))
