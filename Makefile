@@ -1,11 +1,19 @@
-.PHONY: setup test test-fast demo clean
+.PHONY: setup lint format test test-fast demo clean
 VENV := .venv
 BIN := $(VENV)/bin
 
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+lint: setup
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: setup
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -72,3 +72,29 @@ def test_mmdetection_mask_rcnn_config_as_base(tmp_path):
 def test_non_mask_rcnn_base_is_rejected(tmp_path):
     with pytest.raises(GridError, match="not a Mask R-CNN"):
         sweep(tmp_path, base="mmdet::retinanet/retinanet_r50_fpn_1x_coco.py")
+
+
+@pytest.mark.parametrize("section", ["overrides: {%s: 3}", "axes: {%s: [1, 2]}"])
+def test_unknown_component_argument_is_a_grid_error(tmp_path, section):
+    path = tmp_path / "g.yaml"
+    text = GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="")
+    text = text.replace("axes: {", "axes_: {") if section.startswith("axes") else text
+    text = text.replace("axes_: {", "axes: {model.backbone.no_such_key: [1, 2], ") if section.startswith("axes") \
+        else text + section % "model.backbone.no_such_key" + "\n"
+    path.write_text(text)
+    with pytest.raises(GridError) as err:
+        prepare(path, tmp_path / "results")
+    msg = str(err.value)
+    assert "PrunedViT (at model.backbone) takes no argument 'no_such_key'" in msg
+    assert "keep_ratios" in msg and "pretrained" in msg and "g.yaml:" in msg
+    assert not (tmp_path / "results" / "cfg").exists()
+
+
+def test_known_component_arguments_pass(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="")
+                    + "overrides: {model.backbone.tau: 0.5, model.keep_ratio_loss_weight: 2.0, "
+                    "model.roi_head.bbox_head.reg_class_agnostic: true}\n")
+    s = prepare(path, tmp_path / "results")
+    cfg = Config.fromfile(str(s.sweep_dir / s.runs[1].run_id / "config.py"))
+    assert cfg.model.backbone.tau == 0.5 and cfg.model.keep_ratio_loss_weight == 2.0

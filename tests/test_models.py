@@ -38,6 +38,8 @@ def image(b=2, seed=1):
 class ScoreSelector(nn.Module):
     """Stub selector with fixed keep scores (B, N): keep logit ``s``, prune logit ``-s``."""
 
+    calibrated = True  # nothing to calibrate
+
     def __init__(self, score):
         super().__init__()
         self.register_buffer("score", torch.as_tensor(score, dtype=torch.float32))
@@ -289,6 +291,8 @@ def test_stage_selectors_hold_their_decision(reactivation):
     torch.manual_seed(0)
     m = PrunedViT(**REF, reactivation=reactivation, rate="dynamic").train()
     assert len(m.selectors) == (9 if reactivation else 3)
+    with torch.no_grad():
+        m(image())  # the first forward also calibrates the fresh selectors
     calls = []
     for s in m.selectors:
         s.register_forward_hook(lambda mod, args, out: calls.append(mod))
@@ -314,11 +318,29 @@ def test_fresh_selectors_start_near_target(axes):
         m(x)
     kept = [float(k.float().mean()) for k in m.last_keep_masks]
     assert kept == pytest.approx(REF["keep_ratios"], abs=0.1), kept
+    with torch.no_grad():
+        m.eval()(x)
+    n = m.last_keep_masks[0].shape[1]
     if axes["rate"] == "fixed":
-        with torch.no_grad():
-            m.eval()(x)
-        n = m.last_keep_masks[0].shape[1]
         assert [int(k.sum(1)[0]) for k in m.last_keep_masks] == [round(r * n) for r in REF["keep_ratios"]]
+    else:  # the calibrated argmax keeps about the target too
+        kept = [float(k.float().mean()) for k in m.last_keep_masks]
+        assert kept == pytest.approx(REF["keep_ratios"], abs=0.1), kept
+
+
+def test_selectors_calibrate_once_and_keep_it_in_checkpoints():
+    m = make(rate="dynamic").train()
+    assert not any(bool(s.calibrated) for s in m.selectors)
+    m(image())
+    assert all(bool(s.calibrated) for s in m.selectors)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    m(image(seed=5))  # a second batch changes nothing
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items() if k.startswith("selectors."))
+    again = make(rate="dynamic", seed=3)
+    again.load_state_dict(state)
+    assert all(bool(s.calibrated) for s in again.selectors)
+    again.train()(image(seed=5))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in state.items() if k.startswith("selectors."))
 
 
 def test_dense_baseline_and_padding():

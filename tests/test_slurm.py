@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -178,7 +177,8 @@ def test_query_asks_squeue_then_sacct_once_each(monkeypatch):
     got = Q.query(["3", "4", "5", "6", "6", "7", "8", ""])
     assert got == {"3": JobState("3", "COMPLETED"), "4": JobState("4", "CANCELLED"), "5": JobState("5", "RUNNING"),
                    "6": JobState("6", "PENDING", "Dependency"),
-                   "7": JobState("7", "PENDING", "DependencyNeverSatisfied"), "8": JobState("8", "PENDING", "JobHeldUser")}
+                   "7": JobState("7", "PENDING", "DependencyNeverSatisfied"),
+                   "8": JobState("8", "PENDING", "JobHeldUser")}
     assert [c[0] for c in calls] == ["squeue", "sacct"] and calls[1][-1] == "3,4"  # sacct: only the rest
     assert [got[j].phase for j in "345678"] == [Phase.ENDED, Phase.ENDED, Phase.RUNNING, Phase.QUEUED,
                                                 Phase.NEVER, Phase.HELD]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
-from .checkpoint import allow_mmengine_checkpoints
 from .spec import RunSpec
 from .results import (CONFIG_FILE, EXIT_LOCKED, LOG_FILE, METRICS_FILE, RUN_FILE, WORK_DIR, RunLocked,
                       atomic_write_json, is_finished, read_json, run_lock, write_status)
@@ -149,11 +148,10 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    import prunebench.models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
+    import prunebench.models  # noqa: F401  (registers the models, allows MMEngine checkpoints)
 
     from .bench import measure_run
 
-    allow_mmengine_checkpoints()
     cfg = Config.fromfile(str(run_dir / CONFIG_FILE))
     cfg.work_dir = str(run_dir / WORK_DIR)
     cfg.launcher = launcher

@@ -53,6 +53,48 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def unknown_argument(base: dict, key: str) -> str | None:
+    """Why dotted ``key`` cannot apply: it sets an argument that the registered MMDetection
+    component it lands in (a dict with ``type`` under ``model``) does not take; None when it may.
+    Imports MMDetection and prunebench's models only for keys under ``model``."""
+    *parents, leaf = key.split(".")
+    node: Any = base
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if parents[:1] != ["model"] or not isinstance(node, dict) or "type" not in node or leaf in ("type", "_delete_"):
+        return None
+    params = _accepted_arguments(str(node["type"]))
+    if params is None or leaf in params:
+        return None
+    return (f"{node['type']} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: "
+            f"{', '.join(sorted(params))}")
+
+
+def _accepted_arguments(type_name: str) -> set[str] | None:
+    """Keyword arguments of a registered model component, following ``**kwargs`` up its bases;
+    None when the component is unknown or takes any keyword."""
+    import inspect
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import prunebench.models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
+
+    register_all_modules(init_default_scope=False)
+    cls = MODELS.get(type_name)
+    if cls is None:
+        return None
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
 def checkpoint_name(stage: dict) -> str:
     """File MMEngine's CheckpointHook writes at the end of a stage's schedule."""
     return f"iter_{stage['iters']}.pth" if "iters" in stage else f"epoch_{stage['epochs']}.pth"

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .grid import Grid, GridError, load_grid
-from .spec import RunSpec, expand
 from .results import CONFIG_FILE, RUN_FILE, STATUS_FILE, atomic_write_json, read_json, write_status
+from .spec import RunSpec, expand
 
 HEADERS = {"pruned_tokens": "tokens", "reactivation": "react", "model.backbone.arch": "arch"}
 
@@ -59,6 +59,23 @@ def check_results_root(results_root: str | Path) -> Path:
     return root
 
 
+def _check_dotted_keys(grid: Grid, base: dict) -> None:
+    """Every dotted key of ``overrides``, ``axes`` and ``per_value`` must be an argument of the
+    component it sets (e.g. ``model.backbone.X`` of PrunedViT), before anything is written."""
+    from .mmdet_config import unknown_argument
+
+    keys = [(f"overrides.{k}", k) for k in grid.overrides]
+    keys += [(f"axes.{k}", k) for k in grid.axes if "." in k]
+    keys += [(f"per_value.{axis}.{value}.{k}", k) for axis, by_value in grid.per_value.items()
+             for value, settings in by_value for k in settings
+             if k.partition(".")[0] not in ("backbone", "schedule")]
+    for where, key in keys:
+        problem = unknown_argument(base, key)
+        if problem:
+            raise grid.error(where, problem, "correct the key (grid sections such as backbone.* take "
+                             "the same names)")
+
+
 def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") -> Sweep:
     """Validate the grid and write every run folder; nothing runs. Raises GridError on bad input
     (NotADirectoryError when ``results_root`` is not a folder)."""
@@ -70,6 +87,7 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") 
     sweep_dir = Path(results_root).resolve() / grid.name
     data_root, classes = resolve_data(grid)
     base = load_base(grid)
+    _check_dotted_keys(grid, base)
     configs = {}
     for spec in runs:  # build all configs first: a bad dotted key fails before anything is written
         try:

@@ -11,7 +11,7 @@ A selector maps tokens ``(B, N, D)`` to keep/prune logits ``(B, N, 2)`` (index 0
   image keeps as many as it needs. A bool tensor.
 
 Only ``available`` tokens can be kept, and every image keeps at least one token.
-A fresh selector starts near a given keep share (:meth:`init_keep_share` sets the logit bias).
+A fresh selector starts near a given keep share, in training and at inference (:class:`Selector`).
 """
 from __future__ import annotations
 
@@ -21,11 +21,60 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector",
-           "set_keep_bias"]
+__all__ = ["Selector", "MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector"]
 
 
-class MlpSelector(nn.Module):
+#: spread (std of the keep-minus-prune logit over tokens) a fresh selector is calibrated to:
+#: wide next to the logistic noise of the Gumbel decision (std 1.8), so that a fresh selector's
+#: training decisions and its noise-free inference decisions keep about the same share.
+CALIBRATED_SPREAD = 3.0
+
+
+class Selector(nn.Module):
+    """Base of the selectors: ``forward(x, available) -> (B, N, 2)`` logits from ``output``, the
+    last Linear layer, and a start near a target keep share.
+
+    :meth:`init_keep_share` sets the logit bias so that Gumbel decisions keep about ``share``.
+    On the first forward, a fresh selector also calibrates itself on that batch (a data-dependent
+    init, as Glow's ActNorm): its output layer is scaled to a logit spread of
+    ``CALIBRATED_SPREAD`` and its bias set so that ``share`` of the available tokens win the
+    noise-free argmax too. The ``calibrated`` buffer travels with checkpoints, so a resumed or
+    finetuned selector is never recalibrated.
+    """
+
+    output: nn.Linear
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.share = 0.5
+
+    def init_keep_share(self, share: float) -> None:
+        """Keep about ``share`` of the tokens it may keep (``logit(share)`` bias)."""
+        self.share = min(max(share, 1e-3), 1 - 1e-3)
+        gap = math.log(self.share / (1 - self.share))
+        with torch.no_grad():
+            self.output.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=self.output.bias.dtype))
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, available: Optional[torch.Tensor]) -> None:
+        """Scale the output layer to the calibrated spread and set its bias so that ``share`` of
+        the available tokens of ``x`` are kept by the argmax; once per selector."""
+        w, b = self.output.weight, self.output.bias
+        score = self(x.detach(), available)
+        score = score[..., 0] - score[..., 1] - (b[0] - b[1])
+        score = score.flatten() if available is None else score[available]
+        spread = float(score.float().std()) if score.numel() > 1 else 0.0
+        if spread > 0:
+            scale = CALIBRATED_SPREAD / spread
+            w.mul_(scale)
+            score = score.float() * scale
+            gap = -float(torch.quantile(score, 1 - self.share))
+            b.copy_(torch.tensor([gap / 2, -gap / 2], dtype=b.dtype))
+        self.calibrated.fill_(True)
+
+
+class MlpSelector(Selector):
     """LayerNorm -> Linear(D, D/4) -> GELU -> Linear(D/4, 2)."""
 
     def __init__(self, dim: int):
@@ -35,15 +84,15 @@ class MlpSelector(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(dim // 4, 2)
 
+    @property
+    def output(self) -> nn.Linear:
+        return self.fc2
+
     def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
-    def init_keep_share(self, share: float) -> None:
-        """Start keeping about ``share`` of the tokens (see :func:`set_keep_bias`)."""
-        set_keep_bias(self.fc2, share)
 
-
-class GatingSelector(nn.Module):
+class GatingSelector(Selector):
     """DynamicViT-style predictor: per-token local features concatenated with a global feature.
 
     ``LayerNorm -> Linear(D, D) -> GELU`` gives ``D/2`` local and ``D/2`` global channels; the
@@ -60,6 +109,10 @@ class GatingSelector(nn.Module):
             nn.Linear(dim // 4, 2),
         )
 
+    @property
+    def output(self) -> nn.Linear:
+        return self.out_mlp[-1]
+
     def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.in_proj(x)
         local, glob = h.chunk(2, dim=-1)
@@ -70,25 +123,11 @@ class GatingSelector(nn.Module):
             glob = (glob * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp(min=1)
         return self.out_mlp(torch.cat([local, glob.expand_as(local)], dim=-1))
 
-    def init_keep_share(self, share: float) -> None:
-        """Start keeping about ``share`` of the tokens (see :func:`set_keep_bias`)."""
-        set_keep_bias(self.out_mlp[-1], share)
-
-
-def set_keep_bias(last: nn.Linear, share: float) -> None:
-    """Bias the keep-minus-prune logit of ``last`` (the selector's output layer) by
-    ``logit(share)``: under Gumbel noise a token with a zero feature contribution is then kept
-    with probability ``share``, so an untrained selector is not over-pruned."""
-    share = min(max(share, 1e-3), 1 - 1e-3)
-    gap = math.log(share / (1 - share))
-    with torch.no_grad():
-        last.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=last.bias.dtype))
-
 
 _SELECTORS = {"mlp": MlpSelector, "gating": GatingSelector}
 
 
-def build_selector(kind: str, dim: int) -> nn.Module:
+def build_selector(kind: str, dim: int) -> Selector:
     """Selector by axis value (``mlp`` | ``gating``)."""
     return _SELECTORS[kind](dim)
 
