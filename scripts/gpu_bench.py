@@ -12,11 +12,13 @@ synchronize); rows give the median, the mean of the middle 50 % and p90 in ms, a
 over dense in the same group. ``compile``: every ViT block goes through ``torch.compile``
 (dynamic shapes); selectors, gather/scatter and the pyramid stay eager.
 
-Untrained dynamic selectors keep almost all tokens or almost none (their logits barely depend on
-the input), so their keep scores are standardised and thresholded at each stage's target share,
-calibrated once on the benchmark input, plus a per-image offset spread over +-0.25 standard
-deviations across the batch: images keep different counts around the target, as trained dynamic
-selectors do on real images. The real selectors, keep decisions and sparse paths run unchanged.
+Fresh selectors calibrate themselves on their first forward (here: one untimed random image of
+the benchmark size) to keep their stage's target share. On random inputs every image would then
+keep about the same count, so the dynamic models' selectors add a per-image offset to the
+keep-minus-prune logit,
+spread over +-0.25 of the calibrated logit spread across the batch: images keep different counts
+around the target, as trained dynamic selectors do on real images. Selectors, keep decisions and
+sparse paths are otherwise the real ones.
 """
 from __future__ import annotations
 
@@ -28,54 +30,39 @@ import time
 from functools import partial
 from pathlib import Path
 
+import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from prunebench.axes import REFERENCE_LAYERS, REFERENCE_RATIOS  # noqa: E402
-from prunebench.bench import autocast, latency_stats, time_calls  # noqa: E402
-from prunebench.models.pruned_vit import PrunedViT  # noqa: E402
+from prunebench.axes import REFERENCE_LAYERS, REFERENCE_RATIOS
+from prunebench.bench import autocast, latency_stats, time_calls
+from prunebench.models.pruned_vit import PrunedViT
+from prunebench.models.selectors import CALIBRATED_SPREAD
 
 FULL = dict(arch="deit-small", input_size=(800, 1344), batches=(1, 8), warmup=10, repeats=40,
             backbone=dict(), prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
 QUICK = dict(arch="deit-tiny", input_size=(128, 192), batches=(1, 2), warmup=1, repeats=3,
              backbone=dict(embed_dim=96, depth=4, num_heads=3, out_channels=64),
              prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.49, 0.343])
-SPREAD = 0.25  # per-image offset of dynamic keep scores, in standard deviations, across a batch
+SPREAD = 0.25 * CALIBRATED_SPREAD  # per-image keep-logit offsets across a batch: +-SPREAD
 
 
-class _DynamicKeepScores:
-    """Forward hooks on a dynamic-rate model's selectors (see the module docstring)."""
-
-    def __init__(self, model: PrunedViT):
-        self.shares = model.initial_keep_shares()
-        self.reset()
-        for s, sel in enumerate(model.selectors):
-            sel.register_forward_hook(partial(self._hook, s))
-
-    def reset(self) -> None:
-        """Calibrate again on the next forward."""
-        self.calib: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.shares)
-
-    def _hook(self, s, module, args, logits):
-        score = (logits[..., 0] - logits[..., 1]).float()
-        if self.calib[s] is None:
-            available = args[1] if len(args) > 1 else None
-            z = score if available is None else score[available]
-            self.calib[s] = (torch.quantile(z, 1 - self.shares[s]), z.std().clamp(min=1e-12))
-        threshold, std = self.calib[s]
-        B = score.shape[0]
-        offset = SPREAD * torch.linspace(-1, 1, B, device=score.device) if B > 1 else 0.0
-        d = ((score - threshold) / std + (offset[:, None] if B > 1 else offset)).to(logits.dtype)
-        return torch.stack([d / 2, -d / 2], dim=-1)
+def _spread_per_image(module, args, logits: torch.Tensor) -> torch.Tensor:
+    """Selector forward hook: image b of B gets ``SPREAD * linspace(-1, 1, B)[b]`` added to its
+    keep-minus-prune logit (see the module docstring)."""
+    B = logits.shape[0]
+    if B == 1:
+        return logits
+    off = SPREAD * torch.linspace(-1, 1, B, device=logits.device, dtype=logits.dtype)[:, None]
+    return logits + torch.stack([off / 2, -off / 2], dim=-1)
 
 
-def build(cfg: dict, device: torch.device) -> tuple[dict[str, torch.nn.Module], list[_DynamicKeepScores]]:
-    """Dense, fixed-rate and dynamic-rate (loop / padded) backbones sharing all block weights,
-    and the dynamic models' keep-score hooks."""
+def build(cfg: dict, device: torch.device) -> dict[str, torch.nn.Module]:
+    """Dense, fixed-rate and dynamic-rate (loop / padded) backbones sharing all block weights."""
     torch.manual_seed(0)
     dense = PrunedViT(cfg["arch"], **cfg["backbone"])
-    models, hooks = {"dense": dense}, []
+    models = {"dense": dense}
     schedule = dict(prune_layers=cfg["prune_layers"], keep_ratios=cfg["keep_ratios"])
     for name, rate, mode in [("fixed", "fixed", "auto"), ("dynamic loop", "dynamic", "loop"),
                              ("dynamic padded", "dynamic", "padded")]:
@@ -84,27 +71,24 @@ def build(cfg: dict, device: torch.device) -> tuple[dict[str, torch.nn.Module], 
             m.load_state_dict(models["dynamic loop"].state_dict())
         else:
             m.load_state_dict(dense.state_dict())  # shared blocks; selectors start fresh
-        if name == "dynamic loop":
-            for p in m.selectors.parameters():  # keep scores that vary with the input
-                torch.nn.init.normal_(p, std=0.3)
         if rate == "dynamic":
-            hooks.append(_DynamicKeepScores(m))
+            for sel in m.selectors:
+                sel.register_forward_hook(_spread_per_image)
         models[name] = m
-    return {k: m.to(device).eval() for k, m in models.items()}, hooks
+    img = torch.randn(1, 3, *cfg["input_size"], generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        for m in models.values():  # fresh selectors calibrate on their first forward
+            m.to(device).eval()(img)
+    return models
 
 
-def run_group(models: dict, hooks: list[_DynamicKeepScores], img: torch.Tensor, dtype: str,
-              compiled: bool, cfg: dict, device: torch.device) -> list[dict]:
+def run_group(models: dict, img: torch.Tensor, dtype: str, compiled: bool, cfg: dict,
+              device: torch.device) -> list[dict]:
     """Time the models on ``img`` (interleaved rounds); one row per model."""
     def call(m):
         with autocast(device, dtype):
             m(img)
 
-    for h in hooks:
-        h.reset()
-    with torch.no_grad():
-        for m in models.values():  # calibrates the dynamic hooks on this input and dtype, untimed
-            call(m)
     ms = time_calls({k: [partial(call, m)] for k, m in models.items()}, device, cfg["warmup"],
                     cfg["repeats"])
     dense_median = latency_stats(ms["dense"])["median"]
@@ -129,8 +113,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model and input, few repeats (CI)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time torch.compile'd blocks (default: on CUDA only)")
-    ap.add_argument("--budget-s", type=float, default=210.0,
-                    help="skip the remaining groups once this much time has passed")
+    ap.add_argument("--budget-s", type=float, default=220.0,
+                    help="skip a group when the time so far plus the last group's would exceed this")
     ap.add_argument("--out", default="gpu_bench.json", help="JSON output file")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -144,23 +128,23 @@ def main() -> None:
     H, W = cfg["input_size"]
     groups = [(b, dt, c) for c in ([False, True] if compile_too else [False])
               for b in cfg["batches"] for dt in ("fp32", "bf16")]
-    rows, skipped, models, hooks, models_compiled = [], [], {}, [], None
+    rows, skipped, models, models_compiled, last_s = [], [], {}, None, 0.0
     for batch, dtype, compiled in groups:
-        if time.perf_counter() - t0 > args.budget_s:
+        if time.perf_counter() - t0 + last_s > args.budget_s:
             skipped.append({"batch": batch, "dtype": dtype, "compile": compiled})
             continue
         if models_compiled != compiled:
-            (models, hooks), models_compiled = build(cfg, device), compiled
+            models, models_compiled = build(cfg, device), compiled
             for blk in (b for m in models.values() for b in m.blocks) if compiled else ():
                 blk.compile(dynamic=True)
         group = {k: m for k, m in models.items() if not (batch == 1 and k == "dynamic loop")}
         img = torch.randn(batch, 3, H, W, generator=torch.Generator().manual_seed(batch)).to(device)
         tg = time.perf_counter()
-        rows += run_group(group, hooks, img, dtype, compiled, cfg, device)
-        print(f"  batch {batch} {dtype} {'compiled' if compiled else 'eager'}: "
-              f"{time.perf_counter() - tg:.1f} s", file=sys.stderr)
+        rows += run_group(group, img, dtype, compiled, cfg, device)
+        last_s = time.perf_counter() - tg
+        mode = "compiled" if compiled else "eager"
+        print(f"  batch {batch} {dtype} {mode}: {last_s:.1f} s", file=sys.stderr)
 
-    import timm
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out = {"device": dev, "torch": torch.__version__, "timm": timm.__version__,
            "threads": torch.get_num_threads(), "arch": cfg["arch"], "input_size": [H, W],
@@ -175,14 +159,15 @@ def main() -> None:
 def table(out: dict) -> str:
     """The rows as a Markdown table."""
     lines = [f"{out['arch']} backbone {out['input_size'][0]}x{out['input_size'][1]} on {out['device']} "
-             f"(torch {out['torch']}), {out['repeats']} timed rounds after {out['warmup']} warm-up",
-             "", "| batch | dtype | mode | model | median ms | mid-50% mean | p90 | ms/image | speed-up | keep |",
+             f"(torch {out['torch']}), {out['repeats']} timed rounds after {out['warmup']} warm-up", "",
+             "| batch | dtype | mode | model | median ms | mid-50% mean | p90 | ms/image | speed-up | keep |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         model = r["model"] + (f" ({r['sparse_mode']})" if r["sparse_mode"] else "")
         s = r["ms"]
-        lines.append(f"| {r['batch']} | {r['dtype']} | {'compile' if r['compile'] else 'eager'} | {model} | "
-                     f"{s['median']:.2f} | {s['mid50_mean']:.2f} | {s['p90']:.2f} | {r['ms_per_image']:.2f} | "
+        mode = "compile" if r["compile"] else "eager"
+        lines.append(f"| {r['batch']} | {r['dtype']} | {mode} | {model} | {s['median']:.2f} | "
+                     f"{s['mid50_mean']:.2f} | {s['p90']:.2f} | {r['ms_per_image']:.2f} | "
                      f"{r['speedup']:.2f}x | {r['keep_ratio']:.3f} |")
     for s in out["skipped"]:
         lines.append(f"skipped (time budget): batch {s['batch']} {s['dtype']} "

@@ -7,8 +7,20 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from prunebench.bench import (CONFIGS, _gflops, _load_config, build_detector, file_batches, latency_stats,
-                              measure_models, measure_run, run_bench, synthetic_data, time_calls, vit_block_gflops)
+from prunebench.bench import (
+    CONFIGS,
+    _gflops,
+    _load_config,
+    build_detector,
+    file_batches,
+    latency_stats,
+    measure_models,
+    measure_run,
+    run_bench,
+    synthetic_data,
+    time_calls,
+    vit_block_gflops,
+)
 from prunebench.cli import app
 from prunebench.data import make_synthetic_coco
 from prunebench.models.selectors import num_kept
@@ -52,7 +64,8 @@ def test_measure_models_pruned_and_dense():
     assert lat["backbone"] > 0 and lat["full"] > lat["backbone"]
     assert lat["backbone"] == lat["backbone_stats"]["median"] and lat["full"] == lat["full_stats"]["median"]
     assert set(lat["full_stats"]) == {"median", "mid50_mean", "p90", "n"} and lat["full_stats"]["n"] == 3
-    assert (lat["device"], lat["dtype"], lat["source"], lat["batch"], lat["tokens"]) == ("cpu", "fp32", RANDOM, 1, N)
+    assert (lat["device"], lat["dtype"], lat["source"]) == ("cpu", "fp32", RANDOM)
+    assert (lat["batch"], lat["tokens"]) == (1, N)
     assert lat["threads"] == torch.get_num_threads()
     keep = lat["keep_ratio"]
     assert keep["per_layer"] == pytest.approx([num_kept(r, N) / N for r in PRUNE["keep_ratios"]])
@@ -89,7 +102,7 @@ def test_flops_count_attention():
     blk = Block(96, 3, qkv_bias=True).eval()
     tokens = torch.randn(1, 256, 96)
     analytic = vit_block_gflops([256], 96)
-    assert 2 * 256 * 256 * 96 / 1e9 > 0.3 * analytic  # attention is a large share here
+    assert 0.3 * analytic < 2 * 256 * 256 * 96 / 1e9  # attention is a large share here
     assert _gflops(blk, tokens) == pytest.approx(analytic, rel=0.02)
 
 
@@ -175,8 +188,8 @@ def test_run_bench_tiny(tmp_path):
 
 def test_cli_bench_backbone_only(tmp_path):
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(app, ["bench", "--arch", "deit-tiny", "--input-size", "64x96", "--warmup", "0",
-                                      "--repeats", "1", "--backbone-only", "--json", str(out)])
+    result = CliRunner().invoke(app, ["bench", "--arch", "deit-tiny", "--input-size", "64x96", "--warmup",
+                                      "0", "--repeats", "1", "--backbone-only", "--json", str(out)])
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["schedule"]["prune_layers"] == list(range(3, 12))
@@ -198,16 +211,17 @@ def test_file_batches_folder_and_annotation_file(synth):
     ann = root / "annotations" / "instances_val.json"
     batches, source = file_batches(ann, cfg, count=2)
     assert source == {"kind": "images", "count": 2, "ann_file": str(ann)}
-    assert [b["data_samples"][0].img_path for b in batches] == [str(root / "val" / f"00000{i}.png") for i in (1, 2)]
+    paths = [b["data_samples"][0].img_path for b in batches]
+    assert paths == [str(root / "val" / f"00000{i}.png") for i in (1, 2)]
 
 
 def test_cli_bench_images(synth, tmp_path):
     root, _ = synth
     out = tmp_path / "b.json"
     result = CliRunner().invoke(app, ["bench", "--arch", "deit-tiny", "--images", str(root / "val"),
-                                      "--num-images", "1", "--warmup", "0", "--repeats", "1", "--backbone-only",
-                                      "--rate", "dynamic", "--sparse-mode", "padded", "--dtype", "bf16",
-                                      "--json", str(out)])
+                                      "--num-images", "1", "--warmup", "0", "--repeats", "1",
+                                      "--backbone-only", "--rate", "dynamic", "--sparse-mode", "padded",
+                                      "--dtype", "bf16", "--json", str(out)])
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["source"] == {"kind": "images", "count": 1, "folder": str(root / "val")}

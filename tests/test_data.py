@@ -30,7 +30,8 @@ def test_synthetic_layout_and_coco_api(synth):
         assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(data.SHAPES)
         assert len(coco.getImgIds()) == n
         for img in coco.loadImgs(coco.getImgIds()):
-            assert Image.open(synth / split / img["file_name"]).size == (80, 64)
+            with Image.open(synth / split / img["file_name"]) as im:
+                assert im.size == (80, 64)
             assert coco.getAnnIds(imgIds=img["id"])  # every image has an object
     assert data.check_coco(synth, "annotations/instances_val.json", "val") == list(data.SHAPES)
 

@@ -16,8 +16,8 @@ RUN = ("import runpy, sys; sys.modules.update(mmdet=None, mmcv=None); sys.argv =
 
 def test_gpu_bench_quick_cpu_without_mmdet(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "-c", RUN, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-c", RUN, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["skipped"] == [] and res["input_size"] == [128, 192]

@@ -26,9 +26,10 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ CONFIGS = Path(__file__).parent / "configs"
 REFERENCE_SCHEDULE = dict(prune_layers=list(range(3, 12)),
                           keep_ratios=[0.7] * 3 + [0.49] * 3 + [0.343] * 3)
 #: bench dtype -> autocast dtype (None: plain fp32).
-DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -105,8 +106,8 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
 
 
 @torch.no_grad()
-def time_calls(fns: Dict[Hashable, Sequence[Callable[[], Any]]], device: torch.device | str,
-               warmup: int, repeats: int) -> Dict[Hashable, List[float]]:
+def time_calls(fns: dict[Hashable, Sequence[Callable[[], Any]]], device: torch.device | str,
+               warmup: int, repeats: int) -> dict[Hashable, list[float]]:
     """ms of every timed call, per key. ``fns[key][i]`` runs input ``i`` (all keys have the same
     inputs). ``warmup`` untimed calls per key cycle through the inputs; then each of ``repeats``
     rounds calls every input once per key, keys interleaved per input."""
@@ -114,7 +115,7 @@ def time_calls(fns: Dict[Hashable, Sequence[Callable[[], Any]]], device: torch.d
     for calls in fns.values():
         for j in range(warmup):
             calls[j % len(calls)]()
-    out: Dict[Hashable, List[float]] = {k: [] for k in fns}
+    out: dict[Hashable, list[float]] = {k: [] for k in fns}
     n = min(len(calls) for calls in fns.values())
     for _ in range(max(1, repeats)):
         for i in range(n):
@@ -146,7 +147,7 @@ def build_detector(arch: str = "deit-small", config: Optional[str] = None, **bac
     return MODELS.build(cfg.model)
 
 
-def synthetic_data(input_hw: Tuple[int, int], batch: int = 1) -> dict:
+def synthetic_data(input_hw: tuple[int, int], batch: int = 1) -> dict:
     """A ``test_step`` batch of random uint8 images with their metainfo."""
     from mmdet.structures import DetDataSample
 
@@ -158,14 +159,14 @@ def synthetic_data(input_hw: Tuple[int, int], batch: int = 1) -> dict:
     return dict(inputs=inputs, data_samples=samples)
 
 
-def _collate(items: Sequence[dict], batch: int) -> List[dict]:
+def _collate(items: Sequence[dict], batch: int) -> list[dict]:
     """Pipeline outputs -> ``test_step`` batches of up to ``batch`` images."""
     return [{"inputs": [it["inputs"] for it in items[i:i + batch]],
              "data_samples": [it["data_samples"] for it in items[i:i + batch]]}
             for i in range(0, len(items), batch)]
 
 
-def dataset_batches(dataset, count: int) -> List[dict]:
+def dataset_batches(dataset, count: int) -> list[dict]:
     """The first ``count`` samples of an MMEngine dataset (its own pipeline), one per batch."""
     n = min(count, len(dataset))
     if n < 1:
@@ -173,7 +174,7 @@ def dataset_batches(dataset, count: int) -> List[dict]:
     return _collate([dataset[i] for i in range(n)], 1)
 
 
-def _image_files(path: Path, count: int) -> Tuple[List[Path], dict]:
+def _image_files(path: Path, count: int) -> tuple[list[Path], dict]:
     """The first ``count`` images of a folder (sorted by name) or of a COCO annotation file."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
@@ -199,7 +200,7 @@ def _image_files(path: Path, count: int) -> Tuple[List[Path], dict]:
     return [root / n for n in names], {"ann_file": str(path)}
 
 
-def file_batches(path: str | Path, cfg, count: int, batch: int = 1) -> Tuple[List[dict], dict]:
+def file_batches(path: str | Path, cfg, count: int, batch: int = 1) -> tuple[list[dict], dict]:
     """Images of a folder or COCO annotation file through ``cfg``'s test pipeline (annotations not
     loaded): ``test_step`` batches and the ``source`` record."""
     from mmengine.dataset import Compose
@@ -262,13 +263,13 @@ def vit_block_gflops(tokens_per_block: Sequence[float], dim: int, mlp_ratio: flo
 class _Probe:
     """One detector on a list of batches: the calls to time, then latency, FLOPs, keep ratio."""
 
-    def __init__(self, model: nn.Module, batches: List[dict], device: torch.device, dtype: str):
+    def __init__(self, model: nn.Module, batches: list[dict], device: torch.device, dtype: str):
         self.model, self.batches, self.device, self.dtype = model.to(device).eval(), batches, device, dtype
         with torch.no_grad():
             pre = [model.data_preprocessor(copy.deepcopy(b), False) for b in batches]
         self.imgs = [p["inputs"] for p in pre]
         self.samples = [p["data_samples"] for p in pre]
-        self.masks: List[List[torch.Tensor]] = [[] for _ in batches]  # keep masks per input
+        self.masks: list[list[torch.Tensor]] = [[] for _ in batches]  # keep masks per input
 
     def backbone(self, i: int) -> None:
         with autocast(self.device, self.dtype):
@@ -279,7 +280,7 @@ class _Probe:
         with _autocast_features(self.model, self.device, self.dtype):
             self.model.test_step(self.batches[i])
 
-    def _keep(self) -> Tuple[dict, float, float]:
+    def _keep(self) -> tuple[dict, float, float]:
         """Keep ratio per layer over all timed images (each image weighs the same), the ViT blocks'
         analytic GFLOPs per image and the mean patch-token count per image."""
         bb = self.model.backbone
@@ -303,7 +304,7 @@ class _Probe:
                 "images": len(per_image_keep)}
         return keep, statistics.fmean(block_flops), statistics.fmean(tokens)
 
-    def result(self, ms: Dict[str, Optional[List[float]]], source: dict, warmup: int, repeats: int,
+    def result(self, ms: dict[str, Optional[list[float]]], source: dict, warmup: int, repeats: int,
                flops: bool) -> dict:
         keep, block_flops, tokens = self._keep()
         stats = {part: latency_stats(v) if v else None for part, v in ms.items()}
@@ -328,10 +329,10 @@ class _Probe:
         }
 
 
-def measure_models(models: Dict[str, nn.Module], batches: List[dict], source: dict,
+def measure_models(models: dict[str, nn.Module], batches: list[dict], source: dict,
                    device: torch.device | str = "cpu", dtype: str = "fp32", warmup: int = 2,
                    repeats: int = 5, full: bool = True,
-                   flops: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+                   flops: Optional[Sequence[str]] = None) -> dict[str, dict]:
     """Time detectors side by side (interleaved rounds) on the same batches.
 
     Returns per model ``{"latency_ms": {"backbone", "full" (medians), "backbone_stats",
@@ -344,7 +345,7 @@ def measure_models(models: Dict[str, nn.Module], batches: List[dict], source: di
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     device = torch.device(device)
     probes = {name: _Probe(m, batches, device, dtype) for name, m in models.items()}
-    fns: Dict[Hashable, List[Callable]] = {}
+    fns: dict[Hashable, list[Callable]] = {}
     for name, p in probes.items():
         fns[(name, "backbone")] = [partial(p.backbone, i) for i in range(len(batches))]
         if full:
@@ -410,7 +411,7 @@ def measure_run(model: nn.Module, dataset, bench: dict, run_dir: Path,
     return out
 
 
-def run_bench(arch: str = "deit-small", input_size: Tuple[int, int] = (800, 1344), batch: int = 1,
+def run_bench(arch: str = "deit-small", input_size: tuple[int, int] = (800, 1344), batch: int = 1,
               warmup: int = 2, repeats: int = 5, device: str = "cpu", rate: str = "fixed",
               json_out: Optional[str] = None, backbone_only: bool = False,
               prune_layers: Optional[Sequence[int]] = None,

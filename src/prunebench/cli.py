@@ -228,7 +228,8 @@ def bench(
     try:
         h, w = (int(v) for v in input_size.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"expected HxW, e.g. 800x1344, got {input_size!r}", param_hint="--input-size")
+        raise typer.BadParameter(f"expected HxW, e.g. 800x1344, got {input_size!r}",
+                                 param_hint="--input-size") from None
     from .bench import DTYPES, run_bench
     from .models.blocks import SPARSE_MODES
 
@@ -244,4 +245,4 @@ def bench(
                   sparse_mode=sparse_mode)
     except (FileNotFoundError, ValueError) as e:  # --images that hold no usable images
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None

@@ -38,7 +38,7 @@ STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_ite
 #: finetune AdamW 1e-5 / wd 1e-6. A finetune never inherits the dense lr or weight decay.
 STAGE_DEFAULTS = {"dense": {"epochs": 36, "lr": 1e-4, "weight_decay": 0.05},
                   "finetune": {"epochs": 6, "lr": 1e-5, "weight_decay": 1e-6}}
-BENCH_KEYS = ("input_size", "warmup", "repeats", "images", "dtype")
+BENCH_KEYS = ("images", "warmup", "repeats", "dtype")
 DTYPES = ("fp32", "fp16", "bf16")
 SLURM_KEYS = ("partition", "gpus_per_job", "cpus_per_task", "mem", "time", "account", "qos",
               "sbatch_args")

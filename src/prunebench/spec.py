@@ -136,8 +136,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
         others_keys += [k for k in cell if k not in pruning and k not in others_keys]
     base_id = Path(grid.base).name
     data_id = _meaning("data", grid.data)
-    bench = {"input_size": list(grid.data.get("image_size", (800, 1344))), "warmup": 2, "repeats": 5,
-             **grid.bench}
+    bench = {"images": 20, "warmup": 2, "repeats": 5, **grid.bench}
     dense_runs: dict[tuple, RunSpec] = {}
     finetunes: dict[str, RunSpec] = {}
     multi_arch = len(set(grid.axes.get("model.backbone.arch", []))) > 1

@@ -19,7 +19,7 @@ if find_spec("mmdet") is not None:  # an installed but broken MMDetection still 
     from mmdet.registry import MODELS
 
     from ..checkpoint import allow_mmengine_checkpoints
-    from .detector import PrunedMaskRCNN
+    from .detector import PrunedMaskRCNN  # noqa: F401  (registers itself)
 
     MODELS.register_module(module=PrunedViT)
     allow_mmengine_checkpoints()

@@ -34,7 +34,7 @@ from timm.layers import LayerNorm2d, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 from ..axes import ARCHS, PRUNING_AXES, impossible, stages
-from .blocks import gated_block, sparse_block
+from .blocks import SPARSE_MODES, gated_block, sparse_block
 from .deit_weights import load_pretrained
 from .selectors import build_selector, keep_decision
 
@@ -138,6 +138,8 @@ class PrunedViT(BaseModule):
         if not reactivation and keep_ratios != sorted(keep_ratios, reverse=True):
             raise ValueError(f"keep_ratios {keep_ratios} must not increase without reactivation "
                              "(the kept set can only shrink)")
+        if sparse_mode not in SPARSE_MODES:
+            raise ValueError(f"unknown sparse_mode {sparse_mode!r}; expected one of {SPARSE_MODES}")
         if embed_dim % 4 or embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 and by num_heads {num_heads}")
 

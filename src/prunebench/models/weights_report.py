@@ -31,7 +31,8 @@ def check_weights(path: Path, arch: str, console) -> int:
     except WeightsError as e:
         console.print(f"[red]would not load:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 1
-    table = Table(title=f"{path} -> PrunedViT {arch}")
+    console.print(f"[bold]{escape(str(path))}[/] -> PrunedViT {arch}", highlight=False, soft_wrap=True)
+    table = Table()
     for col in ("", "module", "tensors"):
         table.add_column(col)
     for label, keys, style in (("loaded", report.loaded, "green"), ("fresh", report.fresh, "yellow"),
