@@ -1,7 +1,8 @@
 """Time expanding a ~1,000-run grid and writing all its run folders and configs.
 
-    .venv/bin/python scripts/bench_grid.py
+.venv/bin/python scripts/bench_grid.py
 """
+
 import statistics
 import tempfile
 import time
@@ -41,8 +42,10 @@ def main() -> None:
             prepare_s.append(time.perf_counter() - t)
         print(f"runs: {len(runs)}")
         print(f"load + expand:               median {statistics.median(expand_s):.3f} s over 3")
-        print(f"expand + write run folders:  median {statistics.median(prepare_s):.3f} s over 3 "
-              f"(run.json, config.py, status.json per run)")
+        print(
+            f"expand + write run folders:  median {statistics.median(prepare_s):.3f} s over 3 "
+            f"(run.json, config.py, status.json per run)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ spread over +-0.25 of the calibrated logit spread across the batch: images keep 
 around the target, as trained dynamic selectors do on real images. Selectors, keep decisions and
 sparse paths are otherwise the real ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,26 @@ from prunebench.bench import autocast, latency_stats, time_calls
 from prunebench.models.pruned_vit import PrunedViT
 from prunebench.models.selectors import CALIBRATED_SPREAD
 
-FULL = dict(arch="deit-small", input_size=(800, 1344), batches=(1, 8), warmup=10, repeats=40,
-            backbone=dict(), prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
-QUICK = dict(arch="deit-tiny", input_size=(128, 192), batches=(1, 2), warmup=1, repeats=3,
-             backbone=dict(embed_dim=96, depth=4, num_heads=3, out_channels=64),
-             prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.49, 0.343])
+FULL = dict(
+    arch="deit-small",
+    input_size=(800, 1344),
+    batches=(1, 8),
+    warmup=10,
+    repeats=40,
+    backbone=dict(),
+    prune_layers=REFERENCE_LAYERS,
+    keep_ratios=REFERENCE_RATIOS,
+)
+QUICK = dict(
+    arch="deit-tiny",
+    input_size=(128, 192),
+    batches=(1, 2),
+    warmup=1,
+    repeats=3,
+    backbone=dict(embed_dim=96, depth=4, num_heads=3, out_channels=64),
+    prune_layers=[1, 2, 3],
+    keep_ratios=[0.7, 0.49, 0.343],
+)
 SPREAD = 0.25 * CALIBRATED_SPREAD  # per-image keep-logit offsets across a batch: +-SPREAD
 
 
@@ -64,8 +80,11 @@ def build(cfg: dict, device: torch.device) -> dict[str, torch.nn.Module]:
     dense = PrunedViT(cfg["arch"], **cfg["backbone"])
     models = {"dense": dense}
     schedule = dict(prune_layers=cfg["prune_layers"], keep_ratios=cfg["keep_ratios"])
-    for name, rate, mode in [("fixed", "fixed", "auto"), ("dynamic loop", "dynamic", "loop"),
-                             ("dynamic padded", "dynamic", "padded")]:
+    for name, rate, mode in [
+        ("fixed", "fixed", "auto"),
+        ("dynamic loop", "dynamic", "loop"),
+        ("dynamic padded", "dynamic", "padded"),
+    ]:
         m = PrunedViT(cfg["arch"], rate=rate, sparse_mode=mode, **schedule, **cfg["backbone"])
         if name == "dynamic padded":  # the same selectors as the loop variant
             m.load_state_dict(models["dynamic loop"].state_dict())
@@ -82,15 +101,16 @@ def build(cfg: dict, device: torch.device) -> dict[str, torch.nn.Module]:
     return models
 
 
-def run_group(models: dict, img: torch.Tensor, dtype: str, compiled: bool, cfg: dict,
-              device: torch.device) -> list[dict]:
+def run_group(
+    models: dict, img: torch.Tensor, dtype: str, compiled: bool, cfg: dict, device: torch.device
+) -> list[dict]:
     """Time the models on ``img`` (interleaved rounds); one row per model."""
+
     def call(m):
         with autocast(device, dtype):
             m(img)
 
-    ms = time_calls({k: [partial(call, m)] for k, m in models.items()}, device, cfg["warmup"],
-                    cfg["repeats"])
+    ms = time_calls({k: [partial(call, m)] for k, m in models.items()}, device, cfg["warmup"], cfg["repeats"])
     dense_median = latency_stats(ms["dense"])["median"]
     rows = []
     for name, m in models.items():
@@ -98,12 +118,20 @@ def run_group(models: dict, img: torch.Tensor, dtype: str, compiled: bool, cfg: 
         masks = m.last_keep_masks
         keep = [float(k.float().mean()) for k in masks]
         counts = masks[-1].sum(1).tolist() if masks else []
-        rows.append({"model": name.split()[0], "sparse_mode": name.split()[1] if " " in name else None,
-                     "batch": img.shape[0], "dtype": dtype, "compile": compiled, "ms": stats,
-                     "ms_per_image": stats["median"] / img.shape[0],
-                     "speedup": dense_median / stats["median"],
-                     "keep_ratio": sum(keep) / len(keep) if keep else 1.0,
-                     "last_layer_counts": counts})
+        rows.append(
+            {
+                "model": name.split()[0],
+                "sparse_mode": name.split()[1] if " " in name else None,
+                "batch": img.shape[0],
+                "dtype": dtype,
+                "compile": compiled,
+                "ms": stats,
+                "ms_per_image": stats["median"] / img.shape[0],
+                "speedup": dense_median / stats["median"],
+                "keep_ratio": sum(keep) / len(keep) if keep else 1.0,
+                "last_layer_counts": counts,
+            }
+        )
     return rows
 
 
@@ -111,10 +139,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny model and input, few repeats (CI)")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="also time torch.compile'd blocks (default: on CUDA only)")
-    ap.add_argument("--budget-s", type=float, default=220.0,
-                    help="skip a group when the time so far plus the last group's would exceed this")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time torch.compile'd blocks (default: on CUDA only)",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=220.0,
+        help="skip a group when the time so far plus the last group's would exceed this",
+    )
     ap.add_argument("--out", default="gpu_bench.json", help="JSON output file")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -126,8 +162,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     H, W = cfg["input_size"]
-    groups = [(b, dt, c) for c in ([False, True] if compile_too else [False])
-              for b in cfg["batches"] for dt in ("fp32", "bf16")]
+    groups = [
+        (b, dt, c)
+        for c in ([False, True] if compile_too else [False])
+        for b in cfg["batches"]
+        for dt in ("fp32", "bf16")
+    ]
     rows, skipped, models, models_compiled, last_s = [], [], {}, None, 0.0
     for batch, dtype, compiled in groups:
         if time.perf_counter() - t0 + last_s > args.budget_s:
@@ -146,11 +186,21 @@ def main() -> None:
         print(f"  batch {batch} {dtype} {mode}: {last_s:.1f} s", file=sys.stderr)
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    out = {"device": dev, "torch": torch.__version__, "timm": timm.__version__,
-           "threads": torch.get_num_threads(), "arch": cfg["arch"], "input_size": [H, W],
-           "prune_layers": list(cfg["prune_layers"]), "keep_ratios": list(cfg["keep_ratios"]),
-           "warmup": cfg["warmup"], "repeats": cfg["repeats"], "rows": rows, "skipped": skipped,
-           "total_s": round(time.perf_counter() - t0, 1)}
+    out = {
+        "device": dev,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+        "arch": cfg["arch"],
+        "input_size": [H, W],
+        "prune_layers": list(cfg["prune_layers"]),
+        "keep_ratios": list(cfg["keep_ratios"]),
+        "warmup": cfg["warmup"],
+        "repeats": cfg["repeats"],
+        "rows": rows,
+        "skipped": skipped,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(table(out))
@@ -158,20 +208,26 @@ def main() -> None:
 
 def table(out: dict) -> str:
     """The rows as a Markdown table."""
-    lines = [f"{out['arch']} backbone {out['input_size'][0]}x{out['input_size'][1]} on {out['device']} "
-             f"(torch {out['torch']}), {out['repeats']} timed rounds after {out['warmup']} warm-up", "",
-             "| batch | dtype | mode | model | median ms | mid-50% mean | p90 | ms/image | speed-up | keep |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{out['arch']} backbone {out['input_size'][0]}x{out['input_size'][1]} on {out['device']} "
+        f"(torch {out['torch']}), {out['repeats']} timed rounds after {out['warmup']} warm-up",
+        "",
+        "| batch | dtype | mode | model | median ms | mid-50% mean | p90 | ms/image | speed-up | keep |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in out["rows"]:
         model = r["model"] + (f" ({r['sparse_mode']})" if r["sparse_mode"] else "")
         s = r["ms"]
         mode = "compile" if r["compile"] else "eager"
-        lines.append(f"| {r['batch']} | {r['dtype']} | {mode} | {model} | {s['median']:.2f} | "
-                     f"{s['mid50_mean']:.2f} | {s['p90']:.2f} | {r['ms_per_image']:.2f} | "
-                     f"{r['speedup']:.2f}x | {r['keep_ratio']:.3f} |")
+        lines.append(
+            f"| {r['batch']} | {r['dtype']} | {mode} | {model} | {s['median']:.2f} | "
+            f"{s['mid50_mean']:.2f} | {s['p90']:.2f} | {r['ms_per_image']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['keep_ratio']:.3f} |"
+        )
     for s in out["skipped"]:
-        lines.append(f"skipped (time budget): batch {s['batch']} {s['dtype']} "
-                     f"{'compile' if s['compile'] else 'eager'}")
+        lines.append(
+            f"skipped (time budget): batch {s['batch']} {s['dtype']} {'compile' if s['compile'] else 'eager'}"
+        )
     lines.append(f"total {out['total_s']} s")
     return "\n".join(lines)
 

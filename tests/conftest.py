@@ -1,4 +1,5 @@
 """Shared test builders, as fixtures."""
+
 from __future__ import annotations
 
 import json
@@ -13,26 +14,57 @@ from prunebench.results import METRICS_FILE, atomic_write_json, is_finished, rea
 DENSE_AXES = {"pruned_tokens": None, "reactivation": None, "rate": None, "selector": None}
 
 
-def build_run(sweep_dir: Path, run_id: str, axes: dict | None = None, *, state: str = "done", seed: int = 0,
-             box: float | None = None, mask: float | None = None, full: float | None = None,
-             bb: float | None = None, keep: float = 1.0, flops: float = 10.0, backbone: str = "deit-small",
-             **status) -> Path:
+def build_run(
+    sweep_dir: Path,
+    run_id: str,
+    axes: dict | None = None,
+    *,
+    state: str = "done",
+    seed: int = 0,
+    box: float | None = None,
+    mask: float | None = None,
+    full: float | None = None,
+    bb: float | None = None,
+    keep: float = 1.0,
+    flops: float = 10.0,
+    backbone: str = "deit-small",
+    **status,
+) -> Path:
     """Write a run folder as the job runner would; ``metrics.json`` only when ``box`` is given."""
     axes = dict(DENSE_AXES if axes is None else axes)
     stage = "dense" if all(axes.get(a) is None for a in DENSE_AXES) else "finetune"
     run_dir = Path(sweep_dir) / run_id
     run_dir.mkdir(parents=True)
-    ident = {"run_id": run_id, "sweep": Path(sweep_dir).name, "stage": stage, "backbone": backbone,
-             "seed": seed, "axes": axes}
+    ident = {
+        "run_id": run_id,
+        "sweep": Path(sweep_dir).name,
+        "stage": stage,
+        "backbone": backbone,
+        "seed": seed,
+        "axes": axes,
+    }
     (run_dir / "run.json").write_text(json.dumps({**ident, "depends_on": [], "overrides": {}}))
     (run_dir / "config.py").write_text("model = dict()\n")
     write_status(run_dir, state, **status)
     if box is not None:
-        metrics = {**ident, "box_ap": box, "mask_ap": mask, "coco": {"bbox_mAP": box / 100},
-                   "latency_ms": {"backbone": bb, "full": full, "device": "cpu", "input_size": [512, 512],
-                                  "batch": 1, "repeats": 10},
-                   "flops_g": {"backbone": flops, "full": None},
-                   "keep_ratio": {"mean": keep, "per_layer": [keep]}, "env": {}, "train_time_s": 1.0}
+        metrics = {
+            **ident,
+            "box_ap": box,
+            "mask_ap": mask,
+            "coco": {"bbox_mAP": box / 100},
+            "latency_ms": {
+                "backbone": bb,
+                "full": full,
+                "device": "cpu",
+                "input_size": [512, 512],
+                "batch": 1,
+                "repeats": 10,
+            },
+            "flops_g": {"backbone": flops, "full": None},
+            "keep_ratio": {"mean": keep, "per_layer": [keep]},
+            "env": {},
+            "train_time_s": 1.0,
+        }
         (run_dir / METRICS_FILE).write_text(json.dumps(metrics))
     return run_dir
 
@@ -92,8 +124,14 @@ def fake_job(run_dir, launcher="none"):
     except Exception as e:
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    metrics = {"run_id": run_dir.name, "box_ap": 1.0, "mask_ap": 1.0, "latency_ms": {"full": 1.0},
-               "resumed_from": start, "launcher": launcher}
+    metrics = {
+        "run_id": run_dir.name,
+        "box_ap": 1.0,
+        "mask_ap": 1.0,
+        "latency_ms": {"full": 1.0},
+        "resumed_from": start,
+        "launcher": launcher,
+    }
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     write_status(run_dir, "done")
     _trace(run_dir, event="end")
@@ -107,8 +145,18 @@ def make_fake_runs(sweep_dir: Path, finetunes: int = 2, **fake) -> list:
 
     sweep_dir = Path(sweep_dir)
     dense = RunSpec("dense-s0-aaaaaa", sweep_dir.name, "dense", "deit-tiny", 0, {"selector": None})
-    runs = [dense] + [RunSpec(f"preserve-{i}-s0-bbbbbb", sweep_dir.name, "finetune", "deit-tiny", 0,
-                              {"selector": "mlp", "i": i}, (dense.run_id,)) for i in range(finetunes)]
+    runs = [dense] + [
+        RunSpec(
+            f"preserve-{i}-s0-bbbbbb",
+            sweep_dir.name,
+            "finetune",
+            "deit-tiny",
+            0,
+            {"selector": "mlp", "i": i},
+            (dense.run_id,),
+        )
+        for i in range(finetunes)
+    ]
     for spec in runs:
         run_dir = sweep_dir / spec.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +192,12 @@ def hold_lock():
     procs = []
 
     def hold(run_dir: Path) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(run_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(proc)
         assert proc.stdout.readline().strip() == "held"
         proc.release = lambda: (proc.stdin.close(), proc.wait(10))

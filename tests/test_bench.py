@@ -1,4 +1,5 @@
 """prunebench.bench on tiny detectors (CPU, random init) and a tiny synthetic dataset."""
+
 import io
 import json
 
@@ -57,8 +58,9 @@ def test_time_calls_warmup_then_interleaved_rounds():
 
 
 def test_measure_models_pruned_and_dense():
-    res = measure_models({"pruned": tiny(**PRUNE), "dense": tiny()}, [synthetic_data(HW)], RANDOM,
-                         warmup=1, repeats=3)
+    res = measure_models(
+        {"pruned": tiny(**PRUNE), "dense": tiny()}, [synthetic_data(HW)], RANDOM, warmup=1, repeats=3
+    )
     pruned, dense = res["pruned"], res["dense"]
     lat = pruned["latency_ms"]
     assert lat["backbone"] > 0 and lat["full"] > lat["backbone"]
@@ -84,8 +86,9 @@ def test_measure_models_dynamic_batch_bf16():
     seen = []
     for part in (model.neck, model.rpn_head):
         part.register_forward_hook(lambda m, args, out: seen.append((type(m).__name__, args[0][0].dtype)))
-    res = measure_models({"m": model}, [synthetic_data((50, 70), batch=2)], RANDOM, dtype="bf16",
-                         warmup=0, repeats=1)["m"]
+    res = measure_models(
+        {"m": model}, [synthetic_data((50, 70), batch=2)], RANDOM, dtype="bf16", warmup=0, repeats=1
+    )["m"]
     assert ("FPN", torch.bfloat16) in seen and ("RPNHead", torch.float32) in seen
     assert "extract_feat" not in vars(model)  # the autocast wrapper is gone after the call
     assert res["latency_ms"]["batch"] == 2 and res["latency_ms"]["dtype"] == "bf16"
@@ -115,8 +118,12 @@ def synth(tmp_path_factory):
     for step in cfg.test_dataloader.dataset.pipeline:
         if step["type"] == "Resize":
             step["scale"] = (96, 96)
-    cfg.test_dataloader.dataset.update(data_root=f"{root}/", ann_file="annotations/instances_val.json",
-                                       data_prefix=dict(img="val/"), metainfo=dict(classes=info["classes"]))
+    cfg.test_dataloader.dataset.update(
+        data_root=f"{root}/",
+        ann_file="annotations/instances_val.json",
+        data_prefix=dict(img="val/"),
+        metainfo=dict(classes=info["classes"]),
+    )
     return root, cfg
 
 
@@ -144,12 +151,20 @@ def test_measure_run_val_images_paired_with_dense(synth, tmp_path):
     root, cfg = synth
     dense_id = _dense_run(tmp_path, cfg)
     model = tiny(**PRUNE)
-    out = measure_run(model, _dataset(cfg), {"images": 3, "warmup": 1, "repeats": 2, "dtype": "fp32"},
-                      tmp_path / "preserve-s0-def", dense_id)
+    out = measure_run(
+        model,
+        _dataset(cfg),
+        {"images": 3, "warmup": 1, "repeats": 2, "dtype": "fp32"},
+        tmp_path / "preserve-s0-def",
+        dense_id,
+    )
     lat = out["latency_ms"]
     n = 36  # 96x96 -> 6x6 patch tokens
-    assert lat["source"] == {"kind": "images", "count": 3,
-                             "ann_file": f"{root}/annotations/instances_val.json"}
+    assert lat["source"] == {
+        "kind": "images",
+        "count": 3,
+        "ann_file": f"{root}/annotations/instances_val.json",
+    }
     assert lat["backbone_stats"]["n"] == lat["full_stats"]["n"] == 3 * 2  # images x rounds
     assert lat["tokens"] == n and lat["batch"] == 1 and lat["dtype"] == "fp32"
     assert lat["keep_ratio"]["images"] == 3
@@ -166,16 +181,25 @@ def test_measure_run_val_images_paired_with_dense(synth, tmp_path):
 def test_measure_run_dense_parent_without_checkpoint(synth, tmp_path):
     _, cfg = synth
     dense_id = _dense_run(tmp_path, cfg, with_checkpoint=False)
-    out = measure_run(tiny(**PRUNE), _dataset(cfg), {"images": 1, "warmup": 0, "repeats": 1},
-                      tmp_path / "ft", dense_id)
+    out = measure_run(
+        tiny(**PRUNE), _dataset(cfg), {"images": 1, "warmup": 0, "repeats": 1}, tmp_path / "ft", dense_id
+    )
     assert out["paired"] is None and out["latency_ms"]["backbone_stats"]["n"] == 1
 
 
 def test_run_bench_tiny(tmp_path):
     out = tmp_path / "bench.json"
     buf = io.StringIO()
-    res = run_bench("deit-tiny", input_size=HW, warmup=0, repeats=1, json_out=str(out), config=CPU_CFG,
-                    console=Console(file=buf, width=160), **PRUNE)
+    res = run_bench(
+        "deit-tiny",
+        input_size=HW,
+        warmup=0,
+        repeats=1,
+        json_out=str(out),
+        config=CPU_CFG,
+        console=Console(file=buf, width=160),
+        **PRUNE,
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["schedule"] == PRUNE and res["source"] == RANDOM
     assert res["dense"]["latency_ms"]["keep_ratio"]["mean"] == 1.0
@@ -188,8 +212,23 @@ def test_run_bench_tiny(tmp_path):
 
 def test_cli_bench_backbone_only(tmp_path):
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(app, ["bench", "--arch", "deit-tiny", "--input-size", "64x96", "--warmup",
-                                      "0", "--repeats", "1", "--backbone-only", "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--arch",
+            "deit-tiny",
+            "--input-size",
+            "64x96",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--backbone-only",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["schedule"]["prune_layers"] == list(range(3, 12))
@@ -206,7 +245,8 @@ def test_file_batches_folder_and_annotation_file(synth):
     assert source == {"kind": "images", "count": 3, "folder": str(root / "val")}
     assert [len(b["inputs"]) for b in batches] == [2, 1]
     assert [s.img_path for b in batches for s in b["data_samples"]] == [
-        str(root / "val" / f"00000{i}.png") for i in (1, 2, 3)]
+        str(root / "val" / f"00000{i}.png") for i in (1, 2, 3)
+    ]
     assert tuple(batches[0]["inputs"][0].shape) == (3, 96, 96)  # through the test pipeline's Resize
     ann = root / "annotations" / "instances_val.json"
     batches, source = file_batches(ann, cfg, count=2)
@@ -218,10 +258,31 @@ def test_file_batches_folder_and_annotation_file(synth):
 def test_cli_bench_images(synth, tmp_path):
     root, _ = synth
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(app, ["bench", "--arch", "deit-tiny", "--images", str(root / "val"),
-                                      "--num-images", "1", "--warmup", "0", "--repeats", "1",
-                                      "--backbone-only", "--rate", "dynamic", "--sparse-mode", "padded",
-                                      "--dtype", "bf16", "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--arch",
+            "deit-tiny",
+            "--images",
+            str(root / "val"),
+            "--num-images",
+            "1",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--backbone-only",
+            "--rate",
+            "dynamic",
+            "--sparse-mode",
+            "padded",
+            "--dtype",
+            "bf16",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["source"] == {"kind": "images", "count": 1, "folder": str(root / "val")}

@@ -1,4 +1,5 @@
 """The sparse block paths (gather, per-image loop, padded) against the masked path."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -62,8 +63,14 @@ def test_resolve_mode():
 def test_dynamic_batch_paths_match_masked_model(reactivation):
     """Dynamic rate, batch 3: loop and padded eval paths give the masked path's maps and masks."""
     torch.manual_seed(0)
-    model = PrunedViT("deit-tiny", **TINY, prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.5, 0.4],
-                      rate="dynamic", reactivation=reactivation).eval()
+    model = PrunedViT(
+        "deit-tiny",
+        **TINY,
+        prune_layers=[1, 2, 3],
+        keep_ratios=[0.7, 0.5, 0.4],
+        rate="dynamic",
+        reactivation=reactivation,
+    ).eval()
     for p in model.selectors.parameters():  # input-dependent decisions, as a trained selector
         nn.init.normal_(p, std=0.3)
     img = torch.randn(3, 3, 96, 128)

@@ -1,4 +1,5 @@
 """The command line: every command's --help, fast start-up, doctor, and errors for bad input."""
+
 import subprocess
 import sys
 
@@ -8,8 +9,19 @@ from typer.testing import CliRunner
 from prunebench.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["doctor"], ["plan"], ["sweep"], ["status"], ["report"], ["viz"], ["bench"],
-            ["data"], ["data", "subset"], ["data", "synth"]]
+COMMANDS = [
+    [],
+    ["doctor"],
+    ["plan"],
+    ["sweep"],
+    ["status"],
+    ["report"],
+    ["viz"],
+    ["bench"],
+    ["data"],
+    ["data", "subset"],
+    ["data", "synth"],
+]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "prunebench")
@@ -20,9 +32,11 @@ def test_help(cmd):
 
 
 def test_fast_commands_do_not_import_torch():
-    code = ("import sys; from prunebench.cli import app; "
-            "from prunebench import sweep, grid, report, status, results; "
-            "print(sorted(m for m in ('torch', 'mmdet', 'mmcv') if m in sys.modules))")
+    code = (
+        "import sys; from prunebench.cli import app; "
+        "from prunebench import sweep, grid, report, status, results; "
+        "print(sorted(m for m in ('torch', 'mmdet', 'mmcv') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -30,8 +44,20 @@ def test_fast_commands_do_not_import_torch():
 def test_doctor_runs_every_check_against_the_real_stack():
     result = runner.invoke(app, ["doctor"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for row in ("python", "torch", "torchvision", "mmcv", "mmdet", "mmengine", "timm", "pycocotools",
-                "mmcv compiled ops", "nms and RoIAlign ran", "cuda", "prunebench models"):
+    for row in (
+        "python",
+        "torch",
+        "torchvision",
+        "mmcv",
+        "mmdet",
+        "mmengine",
+        "timm",
+        "pycocotools",
+        "mmcv compiled ops",
+        "nms and RoIAlign ran",
+        "cuda",
+        "prunebench models",
+    ):
         assert row in result.output
 
 

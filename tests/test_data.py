@@ -1,4 +1,5 @@
 """Synthetic COCO set, its cache, the COCO subset builder and the COCO folder check."""
+
 import json
 import threading
 
@@ -81,7 +82,11 @@ def test_ensure_synthetic_caches_and_reuses(tmp_path, monkeypatch):
     params = {"num_train": 3, "num_val": 2, "image_size": 48}
     root = data.ensure_synthetic(params)
     assert root.parent == tmp_path / "cache" and root.name.startswith("synthetic-")
-    assert data.check_coco(root, "annotations/instances_train.json", "train") == ["circle", "square", "triangle"]
+    assert data.check_coco(root, "annotations/instances_train.json", "train") == [
+        "circle",
+        "square",
+        "triangle",
+    ]
     # grid-only keys do not change the key; defaults spelled out give the same set
     same = {**params, "type": "synthetic", "batch_size": 2, "image_size": [48, 48], "seed": 0}
     assert data.ensure_synthetic(same) == root and len(calls) == 1
@@ -130,11 +135,22 @@ def fake_coco(tmp_path):
         name = f"{i:012d}.jpg"
         Image.new("RGB", (8, 6)).save(root / "val2017" / name)
         images.append(dict(id=100 + i, file_name=name, height=6, width=8))
-        anns += [dict(id=len(anns) + 1, image_id=100 + i, category_id=1 + k % 2, bbox=[0, 0, 2, 2],
-                      area=4, iscrowd=0, segmentation=[[0, 0, 2, 0, 2, 2]]) for k in range(i % 3)]
+        anns += [
+            dict(
+                id=len(anns) + 1,
+                image_id=100 + i,
+                category_id=1 + k % 2,
+                bbox=[0, 0, 2, 2],
+                area=4,
+                iscrowd=0,
+                segmentation=[[0, 0, 2, 0, 2, 2]],
+            )
+            for k in range(i % 3)
+        ]
     cats = [dict(id=18, name="dog"), dict(id=1, name="person"), dict(id=2, name="bicycle")]
     (root / "annotations" / "instances_val2017.json").write_text(
-        json.dumps(dict(info={}, images=images, annotations=anns, categories=cats)))
+        json.dumps(dict(info={}, images=images, annotations=anns, categories=cats))
+    )
     return root
 
 
@@ -175,7 +191,9 @@ def test_check_coco_messages(fake_coco, tmp_path):
     ann, img = "annotations/instances_val2017.json", "val2017"
     with pytest.raises(FileNotFoundError, match=f"COCO root {tmp_path / 'none'} not found; set data.root"):
         data.check_coco(tmp_path / "none", ann, img)
-    with pytest.raises(FileNotFoundError, match=r"annotation file .*/x.json not found; .*prunebench data subset"):
+    with pytest.raises(
+        FileNotFoundError, match=r"annotation file .*/x.json not found; .*prunebench data subset"
+    ):
         data.check_coco(fake_coco, "x.json", img)
     with pytest.raises(FileNotFoundError, match=r"image folder .*/train2017 not found"):
         data.check_coco(fake_coco, ann, "train2017")
@@ -196,14 +214,31 @@ def test_cli_synth_and_subset(fake_coco, tmp_path):
     from prunebench.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "s"), "--num-train", "2",
-                              "--num-val", "1", "--size", "48x64", "--classes", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(tmp_path / "s"),
+            "--num-train",
+            "2",
+            "--num-val",
+            "1",
+            "--size",
+            "48x64",
+            "--classes",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert data.check_coco(tmp_path / "s", "annotations/instances_val.json", "val") == ["circle", "square"]
-    res = runner.invoke(app, ["data", "subset", "--coco-root", str(fake_coco), "--n", "3",
-                              "--out", str(tmp_path / "c")])
+    res = runner.invoke(
+        app, ["data", "subset", "--coco-root", str(fake_coco), "--n", "3", "--out", str(tmp_path / "c")]
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "c" / "val2017").iterdir())) == 3
-    res = runner.invoke(app, ["data", "subset", "--coco-root", str(tmp_path / "nope"),
-                              "--out", str(tmp_path / "c")])
+    res = runner.invoke(
+        app, ["data", "subset", "--coco-root", str(tmp_path / "nope"), "--out", str(tmp_path / "c")]
+    )
     assert res.exit_code != 0 and "not found" in res.output

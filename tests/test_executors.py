@@ -1,6 +1,7 @@
 """The contract every executor keeps, in the way Hydra's LauncherTestSuite holds its launchers to
 one behaviour: each backend subclasses ExecutorSuite, says how to build itself, and passes the
 same tests. Jobs are conftest's fake_job (steps with checkpoints), so the suite runs in seconds."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_JOB, make_fake_runs, process_alive, read_trace
 from rich.console import Console
 
+from conftest import FAKE_JOB, make_fake_runs, process_alive, read_trace
 from prunebench.executors.local import LocalExecutor
 from prunebench.executors.slurm.executor import SlurmExecutor
 from prunebench.executors.slurm.queue import JobState
@@ -33,7 +34,9 @@ def set_fake(run_dir: Path, **fake) -> None:
 
 
 def finish(run_dir: Path) -> None:
-    atomic_write_json(run_dir / METRICS_FILE, {"run_id": run_dir.name, "box_ap": 1.0, "latency_ms": {"full": 1.0}})
+    atomic_write_json(
+        run_dir / METRICS_FILE, {"run_id": run_dir.name, "box_ap": 1.0, "latency_ms": {"full": 1.0}}
+    )
 
 
 class ExecutorSuite:
@@ -65,8 +68,11 @@ class ExecutorSuite:
     def test_a_failed_run_does_not_stop_the_others(self, tmp_path):
         dense, ft0, ft1 = make_fake_runs(tmp_path / "s")
         set_fake(tmp_path / "s" / ft0.run_id, fail_at=0)
-        assert self.run(tmp_path / "s", [dense, ft0, ft1]) == {dense.run_id: "done", ft0.run_id: "failed",
-                                                               ft1.run_id: "done"}
+        assert self.run(tmp_path / "s", [dense, ft0, ft1]) == {
+            dense.run_id: "done",
+            ft0.run_id: "failed",
+            ft1.run_id: "done",
+        }
         status = read_json(tmp_path / "s" / ft0.run_id / "status.json")
         assert status["state"] == "failed" and "fake failure at step 0" in status["error"]
 
@@ -106,8 +112,9 @@ class ExecutorSuite:
     def test_a_lock_left_by_a_dead_process_is_taken_over(self, tmp_path):
         runs = make_fake_runs(tmp_path / "s", finetunes=0)
         dense = tmp_path / "s" / runs[0].run_id
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout.strip()
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout.strip()
         (dense / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead)}))
         assert self.run(tmp_path / "s", runs) == {runs[0].run_id: "done"}
         assert json.loads((dense / LOCK_FILE).read_text())["pid"] == starts(dense)[0]["pid"] != int(dead)
@@ -132,8 +139,13 @@ class FakeCluster:
 
     def submit(self, run_dir, run_id, job, dependency_job_ids):
         job_id = str(100 + len(self.jobs))
-        self.jobs[job_id] = {"call": job, "run_dir": str(run_dir), "deps": list(dependency_job_ids),
-                             "state": "PENDING", "reason": "JobHeldUser"}
+        self.jobs[job_id] = {
+            "call": job,
+            "run_dir": str(run_dir),
+            "deps": list(dependency_job_ids),
+            "state": "PENDING",
+            "reason": "JobHeldUser",
+        }
         return job_id, Path(run_dir) / "slurm" / f"{job_id}_0_log.out"
 
     def release(self, job_id):
@@ -152,8 +164,13 @@ class FakeCluster:
                 job["reason"] = "DependencyNeverSatisfied"
             elif all(s == "COMPLETED" for s in deps):
                 job["state"] = self._run(job_id, job)
-        return {j: JobState(j, self.jobs[j]["state"], self.jobs[j]["reason"] if self.jobs[j]["state"] == "PENDING"
-                            else "") for j in job_ids if j in self.jobs}
+        return {
+            j: JobState(
+                j, self.jobs[j]["state"], self.jobs[j]["reason"] if self.jobs[j]["state"] == "PENDING" else ""
+            )
+            for j in job_ids
+            if j in self.jobs
+        }
 
     @staticmethod
     def _run(job_id: str, job: dict) -> str:
@@ -176,8 +193,14 @@ class TestSlurm(ExecutorSuite):
         self.cluster = FakeCluster()
 
     def make_executor(self):
-        return SlurmExecutor(wait=True, poll_s=0, job_fn=FAKE_JOB, console=QUIET, query=self.cluster.query,
-                             submitter=self.cluster)
+        return SlurmExecutor(
+            wait=True,
+            poll_s=0,
+            job_fn=FAKE_JOB,
+            console=QUIET,
+            query=self.cluster.query,
+            submitter=self.cluster,
+        )
 
     def test_the_job_records_its_slurm_job(self, tmp_path):
         runs = make_fake_runs(tmp_path / "s", finetunes=1)
@@ -189,14 +212,18 @@ class TestSlurm(ExecutorSuite):
 
 # --- local only: a run locked elsewhere, the job process, dying with the sweep ------------------
 
+
 @pytest.mark.usefixtures("job_processes_see_tests")
 def test_a_job_that_finds_its_run_locked_exits_without_writing(tmp_path, hold_lock):
     (dense,) = make_fake_runs(tmp_path / "s", finetunes=0)
     run_dir = tmp_path / "s" / dense.run_id
     holder = hold_lock(run_dir)
     before = (run_dir / "status.json").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "prunebench.executors.entry", str(run_dir), "--fn", FAKE_JOB],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunebench.executors.entry", str(run_dir), "--fn", FAKE_JOB],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 75, proc.stderr
     assert f"running elsewhere (pid {holder.pid} on {socket.gethostname()}" in proc.stderr
     assert (run_dir / "status.json").read_bytes() == before and not starts(run_dir)
@@ -297,15 +324,24 @@ def test_two_sweeps_on_one_folder_run_each_run_once(tmp_path):
 
 # --- layers --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module, banned", [
-    ("prunebench.status", ("torch", "submitit", "prunebench.executors")),
-    ("prunebench.report", ("torch", "submitit", "prunebench.executors")),
-    ("prunebench.executors.slurm.queue", ("torch", "submitit", "rich", "prunebench.executors.slurm.executor")),
-    ("prunebench.executors.entry", ("torch", "submitit", "mmengine", "rich")),
-])
+
+@pytest.mark.parametrize(
+    "module, banned",
+    [
+        ("prunebench.status", ("torch", "submitit", "prunebench.executors")),
+        ("prunebench.report", ("torch", "submitit", "prunebench.executors")),
+        (
+            "prunebench.executors.slurm.queue",
+            ("torch", "submitit", "rich", "prunebench.executors.slurm.executor"),
+        ),
+        ("prunebench.executors.entry", ("torch", "submitit", "mmengine", "rich")),
+    ],
+)
 def test_light_modules_import_nothing_heavy(module, banned):
-    code = (f"import sys, {module}; loaded = [m for m in {banned!r} if m in sys.modules]; "
-            "assert not loaded, loaded")
+    code = (
+        f"import sys, {module}; loaded = [m for m in {banned!r} if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,5 @@
 """scripts/gpu_bench.py --device cpu --quick, where MMDetection and MMCV cannot be imported."""
+
 import json
 import subprocess
 import sys
@@ -10,8 +11,10 @@ from prunebench.models.selectors import num_kept
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench.py"
 # None in sys.modules makes `import mmdet` / `import mmcv` fail, as on a machine without them
-RUN = ("import runpy, sys; sys.modules.update(mmdet=None, mmcv=None); sys.argv = sys.argv[1:]; "
-       "runpy.run_path(sys.argv[0], run_name='__main__')")
+RUN = (
+    "import runpy, sys; sys.modules.update(mmdet=None, mmcv=None); sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 def test_gpu_bench_quick_cpu_without_mmdet(tmp_path):

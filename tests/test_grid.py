@@ -1,4 +1,5 @@
 """Grid YAML validation and expansion into RunSpecs."""
+
 from pathlib import Path
 
 import pytest
@@ -44,13 +45,17 @@ def test_run_ids_are_stable_readable_and_unique(tmp_path):
     assert any(rid.startswith("preserve-react-dyn-mlp-s0-") for rid in a)
     changed = [r.run_id for r in expand(load_grid(write(tmp_path, BASE.replace("iters: 2", "iters: 3"))))[0]]
     assert set(changed).isdisjoint(a)  # a different schedule is a different run
-    finetune_only, _ = expand(load_grid(write(tmp_path, BASE.replace("finetune: {iters: 1}", "finetune: {iters: 5}"))))
+    finetune_only, _ = expand(
+        load_grid(write(tmp_path, BASE.replace("finetune: {iters: 1}", "finetune: {iters: 5}")))
+    )
     assert finetune_only[0].run_id == a[0]  # ... but the dense run does not depend on the finetune's
     assert set(r.run_id for r in finetune_only[1:]).isdisjoint(a)
 
 
 def test_exclude_include_and_seeds(tmp_path):
-    text = BASE + """\
+    text = (
+        BASE
+        + """\
 axes:
   pruned_tokens: [preserve]
   reactivation: [false, true]
@@ -63,6 +68,7 @@ include:
   - {name: dynamicvit, pruned_tokens: discard, reactivation: false, rate: fixed, selector: gating}
 seeds: [0, 1]
 """
+    )
     grid = load_grid(write(tmp_path, text))
     runs, _ = expand(grid)
     dense = [r for r in runs if r.stage == "dense"]
@@ -79,27 +85,37 @@ seeds: [0, 1]
     assert not any(r.axes["selector"] == "gating" and r.axes["reactivation"] for r in pruned)
 
 
-@pytest.mark.parametrize("text, expected", [
-    (BASE + "axis:\n  rate: [fixed]\n", ["g.yaml", "axis", "unknown key", "did you mean `axes`?"]),
-    (BASE + "axes:\n  rate: [fixed, adaptive]\n", ["g.yaml:6", "axes.rate[1]", "unknown value 'adaptive'",
-                                                  "['fixed', 'dynamic']"]),
-    (BASE + "axes:\n  selektor: [mlp]\n", ["axes.selektor", "unknown axis", "did you mean `selector`?"]),
-    (BASE + "seeds: zero\n", ["seeds", "expected a non-empty list of integers"]),
-    (BASE.replace("iters: 2", "iters: two"), ["schedule.dense.iters", "expected a positive integer"]),
-    (BASE + "data: {batch_size: -4}\n", ["g.yaml:5: data.batch_size", "expected a positive integer"]),
-    (BASE + "data: {num_workers: 1.5}\n", ["data.num_workers", "expected an integer >= 0"]),
-    (BASE.replace("iters: 2", "iters: 0"), ["schedule.dense.iters", "expected a positive integer"]),
-    (BASE + "bench: {dtype: fp8}\n", ["bench.dtype", "unknown dtype 'fp8'"]),
-    (BASE.replace("schedule: {", "schedule: {lr: 0.1, "), ["schedule.lr", "is set per stage"]),
-    (BASE + "overrides: {lr: 3}\n", ["overrides.lr", "not a dotted MMEngine config key"]),
-    (BASE + "per_value: {rate: {adaptive: {backbone.tau: 2}}}\n", ["per_value.rate.adaptive",
-                                                                   "is not a value of axes.rate"]),
-    (BASE + "per_value: {rate: {fixed: {backbone.depht: 2}}}\n", ["backbone.depht", "did you mean `depth`?"]),
-    (BASE.replace("base: mask-rcnn-vit-cpu", "base: nope.py"), ["base", "neither a built-in template"]),
-    (BASE + "axes:\n  rate: fixed\n", ["axes.rate", "non-empty list", "write `rate: [value1, value2]`"]),
-    ("name: t\nbackbone: [1\n", ["g.yaml:", "not valid YAML"]),
-    (BASE + "data: {num_classes: 9}\n", ["g.yaml:5: data:", "num_classes must be 1..6"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (BASE + "axis:\n  rate: [fixed]\n", ["g.yaml", "axis", "unknown key", "did you mean `axes`?"]),
+        (
+            BASE + "axes:\n  rate: [fixed, adaptive]\n",
+            ["g.yaml:6", "axes.rate[1]", "unknown value 'adaptive'", "['fixed', 'dynamic']"],
+        ),
+        (BASE + "axes:\n  selektor: [mlp]\n", ["axes.selektor", "unknown axis", "did you mean `selector`?"]),
+        (BASE + "seeds: zero\n", ["seeds", "expected a non-empty list of integers"]),
+        (BASE.replace("iters: 2", "iters: two"), ["schedule.dense.iters", "expected a positive integer"]),
+        (BASE + "data: {batch_size: -4}\n", ["g.yaml:5: data.batch_size", "expected a positive integer"]),
+        (BASE + "data: {num_workers: 1.5}\n", ["data.num_workers", "expected an integer >= 0"]),
+        (BASE.replace("iters: 2", "iters: 0"), ["schedule.dense.iters", "expected a positive integer"]),
+        (BASE + "bench: {dtype: fp8}\n", ["bench.dtype", "unknown dtype 'fp8'"]),
+        (BASE.replace("schedule: {", "schedule: {lr: 0.1, "), ["schedule.lr", "is set per stage"]),
+        (BASE + "overrides: {lr: 3}\n", ["overrides.lr", "not a dotted MMEngine config key"]),
+        (
+            BASE + "per_value: {rate: {adaptive: {backbone.tau: 2}}}\n",
+            ["per_value.rate.adaptive", "is not a value of axes.rate"],
+        ),
+        (
+            BASE + "per_value: {rate: {fixed: {backbone.depht: 2}}}\n",
+            ["backbone.depht", "did you mean `depth`?"],
+        ),
+        (BASE.replace("base: mask-rcnn-vit-cpu", "base: nope.py"), ["base", "neither a built-in template"]),
+        (BASE + "axes:\n  rate: fixed\n", ["axes.rate", "non-empty list", "write `rate: [value1, value2]`"]),
+        ("name: t\nbackbone: [1\n", ["g.yaml:", "not valid YAML"]),
+        (BASE + "data: {num_classes: 9}\n", ["g.yaml:5: data:", "num_classes must be 1..6"]),
+    ],
+)
 def test_bad_yaml_errors_name_file_key_and_fix(tmp_path, text, expected):
     with pytest.raises(GridError) as err:
         load_grid(write(tmp_path, text))
@@ -149,9 +165,11 @@ SYNTH = BASE + "data: {num_train: 4, num_val: 2, image_size: [64, 64], num_worke
 
 def test_run_ids_follow_meaning_not_paths_or_resources(tmp_path):
     ids = [r.run_id for r in expand(load_grid(write(tmp_path, SYNTH)))[0]]
-    for same in (SYNTH.replace("num_workers: 0", "num_workers: 3"),
-                 SYNTH.replace("image_size: [64, 64]", "image_size: [64, 64], cache_dir: /elsewhere"),
-                 SYNTH.replace("iters: 1}", "iters: 1}, log_interval: 7, checkpoint_interval: 1")):
+    for same in (
+        SYNTH.replace("num_workers: 0", "num_workers: 3"),
+        SYNTH.replace("image_size: [64, 64]", "image_size: [64, 64], cache_dir: /elsewhere"),
+        SYNTH.replace("iters: 1}", "iters: 1}, log_interval: 7, checkpoint_interval: 1"),
+    ):
         assert [r.run_id for r in expand(load_grid(write(tmp_path, same)))[0]] == ids, same
     lr = SYNTH.replace("finetune: {iters: 1}", "finetune: {iters: 1, lr: 0.5}")
     changed = [r.run_id for r in expand(load_grid(write(tmp_path, lr)))[0]]
@@ -164,13 +182,26 @@ def test_coco_ids_ignore_the_root(tmp_path):
     coco = BASE + "data: {type: coco, root: %s}\n"
     a = [r.run_id for r in expand(load_grid(write(tmp_path, coco % "/data/coco")))[0]]
     b = [r.run_id for r in expand(load_grid(write(tmp_path, coco % "/mnt/moved/coco")))[0]]
-    c = [r.run_id for r in expand(load_grid(write(tmp_path, (coco % "/data/coco").replace(
-        "root: /data/coco", "root: /data/coco, val_ann: annotations/other.json"))))[0]]
+    c = [
+        r.run_id
+        for r in expand(
+            load_grid(
+                write(
+                    tmp_path,
+                    (coco % "/data/coco").replace(
+                        "root: /data/coco", "root: /data/coco, val_ann: annotations/other.json"
+                    ),
+                )
+            )
+        )[0]
+    ]
     assert a == b and set(a).isdisjoint(c)
 
 
 def test_per_value_settings(tmp_path):
-    text = BASE + """\
+    text = (
+        BASE
+        + """\
 axes:
   optim_wrapper.optimizer.betas: [[0.9, 0.999], [0.8, 0.99]]
   model.backbone.arch: [deit-small, deit-tiny]
@@ -181,6 +212,7 @@ per_value:
   rate:
     dynamic: {schedule.keep_ratio_loss_weight: 2.0}
 """
+    )
     runs, _ = expand(load_grid(write(tmp_path, text)))
     for r in runs:
         tiny = r.backbone == "deit-tiny"

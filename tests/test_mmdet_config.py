@@ -1,4 +1,5 @@
 """Generated MMDetection configs carry the paper's schedule and work from MMDetection's own bases."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,8 +52,11 @@ def test_paper_schedule_in_generated_configs(tmp_path):
 
 def test_amp_uses_mmengine_amp_wrapper(tmp_path):
     path = tmp_path / "g.yaml"
-    path.write_text(GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="")
-                    .replace("finetune: {epochs: 4}", "finetune: {epochs: 4}\n  amp: true"))
+    path.write_text(
+        GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="").replace(
+            "finetune: {epochs: 4}", "finetune: {epochs: 4}\n  amp: true"
+        )
+    )
     s = prepare(path, tmp_path / "results")
     cfg = Config.fromfile(str(s.sweep_dir / s.runs[0].run_id / "config.py"))
     assert cfg.optim_wrapper.type == "AmpOptimWrapper"
@@ -79,8 +83,11 @@ def test_unknown_component_argument_is_a_grid_error(tmp_path, section):
     path = tmp_path / "g.yaml"
     text = GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="")
     text = text.replace("axes: {", "axes_: {") if section.startswith("axes") else text
-    text = text.replace("axes_: {", "axes: {model.backbone.no_such_key: [1, 2], ") if section.startswith("axes") \
+    text = (
+        text.replace("axes_: {", "axes: {model.backbone.no_such_key: [1, 2], ")
+        if section.startswith("axes")
         else text + section % "model.backbone.no_such_key" + "\n"
+    )
     path.write_text(text)
     with pytest.raises(GridError) as err:
         prepare(path, tmp_path / "results")
@@ -92,9 +99,11 @@ def test_unknown_component_argument_is_a_grid_error(tmp_path, section):
 
 def test_known_component_arguments_pass(tmp_path):
     path = tmp_path / "g.yaml"
-    path.write_text(GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="")
-                    + "overrides: {model.backbone.tau: 0.5, model.keep_ratio_loss_weight: 2.0, "
-                    "model.roi_head.bbox_head.reg_class_agnostic: true}\n")
+    path.write_text(
+        GRID.format(base="mask-rcnn-vit-cpu", cache=tmp_path / "cache", extra_bb="")
+        + "overrides: {model.backbone.tau: 0.5, model.keep_ratio_loss_weight: 2.0, "
+        "model.roi_head.bbox_head.reg_class_agnostic: true}\n"
+    )
     s = prepare(path, tmp_path / "results")
     cfg = Config.fromfile(str(s.sweep_dir / s.runs[1].run_id / "config.py"))
     assert cfg.model.backbone.tau == 0.5 and cfg.model.keep_ratio_loss_weight == 2.0

@@ -1,4 +1,5 @@
 """PrunedViT, selectors and PrunedMaskRCNN on tiny CPU inputs (random init)."""
+
 import itertools
 import sys
 
@@ -15,8 +16,9 @@ H, W = 64, 96
 N = (H // 16) * (W // 16)  # 24 tokens
 VALID = [
     dict(pruned_tokens=p, reactivation=r, rate=rate, selector=s)
-    for p, r, rate, s in itertools.product(("discard", "preserve"), (False, True), ("fixed", "dynamic"),
-                                            ("mlp", "gating"))
+    for p, r, rate, s in itertools.product(
+        ("discard", "preserve"), (False, True), ("fixed", "dynamic"), ("mlp", "gating")
+    )
     if not (p == "discard" and r)
 ]
 NO_REACT = [a for a in VALID if not a["reactivation"]]
@@ -109,7 +111,9 @@ def test_training_decisions_are_per_token_for_both_rates(rate):
     """In training both rates take per-token Gumbel decisions (the loss steers the count): with
     clear scores an image keeps exactly its scored set, whatever round(r*N) is."""
     m = make(rate=rate, prune_layers=[1], keep_ratios=[0.5]).train()
-    m.selectors = nn.ModuleList([ScoreSelector(torch.stack([token_set(range(0, 5)), token_set(range(0, 17))]))])
+    m.selectors = nn.ModuleList(
+        [ScoreSelector(torch.stack([token_set(range(0, 5)), token_set(range(0, 17))]))]
+    )
     with torch.no_grad():
         m(image(b=2))
     assert m.last_keep_masks[0].sum(1).tolist() == [5, 17]
@@ -137,7 +141,7 @@ def test_reactivation_revives_a_pruned_token(train):
             m(image())
     a, b = revived.last_keep_masks
     assert (b & ~a).any(), "no token pruned at layer 1 was kept at layer 2"
-    assert b[:, N // 2:].all() and not a[:, N // 2:].any()
+    assert b[:, N // 2 :].all() and not a[:, N // 2 :].any()
     a, b = nested.last_keep_masks
     assert not (b & ~a).any()
 
@@ -196,10 +200,12 @@ def test_gather_scatter_equals_masked_path(axes):
 
 def test_dynamic_batch_with_per_image_counts():
     m = make(rate="dynamic", prune_layers=[1, 2], keep_ratios=[0.5, 0.3]).eval()
-    m.selectors = nn.ModuleList([
-        ScoreSelector(torch.stack([token_set(range(0, 12)), token_set(range(0, 20))])),
-        ScoreSelector(torch.stack([token_set(range(0, 3)), token_set(range(5, 15))])),
-    ])
+    m.selectors = nn.ModuleList(
+        [
+            ScoreSelector(torch.stack([token_set(range(0, 12)), token_set(range(0, 20))])),
+            ScoreSelector(torch.stack([token_set(range(0, 3)), token_set(range(5, 15))])),
+        ]
+    )
     x = image(b=2)
     with torch.no_grad():
         sparse = m(x)
@@ -221,10 +227,12 @@ def test_keep_decision_modes():
     logits = torch.randn(2, 50, 2, requires_grad=True)
     hard = keep_decision(logits, None, 0.3, "fixed", training=False)
     assert hard.dtype == torch.bool and hard.sum(1).tolist() == [15, 15]
-    assert torch.equal(hard.float().topk(15).indices.sort().values,
-                       logits.softmax(-1)[..., 0].topk(15).indices.sort().values)
-    assert torch.equal(keep_decision(logits, None, 0.3, "dynamic", training=False),
-                       logits[..., 0] > logits[..., 1])
+    assert torch.equal(
+        hard.float().topk(15).indices.sort().values, logits.softmax(-1)[..., 0].topk(15).indices.sort().values
+    )
+    assert torch.equal(
+        keep_decision(logits, None, 0.3, "dynamic", training=False), logits[..., 0] > logits[..., 1]
+    )
     for rate in ("dynamic", "fixed"):
         logits.grad = None
         st = keep_decision(logits, None, 0.3, rate, training=True)
@@ -233,16 +241,18 @@ def test_keep_decision_modes():
         assert logits.grad.abs().sum() > 0
     available = torch.zeros(2, 50, dtype=torch.bool)
     available[:, :4] = True
-    none_kept = keep_decision(torch.stack([-torch.ones(2, 50), torch.ones(2, 50)], -1), available,
-                              0.5, "dynamic", training=False)
+    none_kept = keep_decision(
+        torch.stack([-torch.ones(2, 50), torch.ones(2, 50)], -1), available, 0.5, "dynamic", training=False
+    )
     assert none_kept.sum(1).tolist() == [1, 1] and not none_kept[:, 4:].any()
 
 
 def forced(rate, sets, ratios, **kw):
     """A training-mode model whose selectors keep exactly the token sets ``sets[j]`` (per image)."""
     m = make(rate=rate, keep_ratios=ratios, **kw).train()
-    m.selectors = nn.ModuleList([ScoreSelector(torch.stack([token_set(s) for s in per_image]))
-                                 for per_image in sets])
+    m.selectors = nn.ModuleList(
+        [ScoreSelector(torch.stack([token_set(s) for s in per_image])) for per_image in sets]
+    )
     return m
 
 
@@ -253,8 +263,10 @@ def test_keep_ratio_loss_formulas():
     sets = [[range(0, 20), range(0, 12)], [range(0, 10), range(0, 12)], [range(0, 2), range(0, 9)]]
     share = torch.tensor([[20, 12], [10, 12], [2, 9]], dtype=torch.float64) / N
     target = torch.tensor(ratios, dtype=torch.float64)[:, None]
-    expected = {"dynamic": ((share.mean(1, keepdim=True) - target) ** 2).mean(),
-                "fixed": ((share - target) ** 2).mean()}
+    expected = {
+        "dynamic": ((share.mean(1, keepdim=True) - target) ** 2).mean(),
+        "fixed": ((share - target) ** 2).mean(),
+    }
     assert abs(float(expected["dynamic"] - expected["fixed"])) > 1e-3  # the two formulas differ here
     for rate in ("dynamic", "fixed"):
         m = forced(rate, sets, ratios)
@@ -279,9 +291,14 @@ def test_keep_ratio_loss_is_zero_for_dense():
     assert dense.keep_ratio_loss().item() == 0
 
 
-REF = dict(embed_dim=96, depth=12, num_heads=3, out_channels=32,
-           prune_layers=[3, 4, 5, 6, 7, 8, 9, 10, 11],
-           keep_ratios=[0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343])
+REF = dict(
+    embed_dim=96,
+    depth=12,
+    num_heads=3,
+    out_channels=32,
+    prune_layers=[3, 4, 5, 6, 7, 8, 9, 10, 11],
+    keep_ratios=[0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343],
+)
 
 
 @pytest.mark.parametrize("reactivation", [False, True])
@@ -359,8 +376,7 @@ def test_arch_dimensions():
 
 def test_dense_checkpoint_loads_into_pruned_model(monkeypatch):
     logged = []
-    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log",
-                        lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log", lambda msg, **kw: logged.append(msg))
     dense = PrunedViT(**TINY)
     pruned = make(selector="gating")
     fresh = {k: v.clone() for k, v in pruned.state_dict().items() if k.startswith("selectors.")}
@@ -374,19 +390,22 @@ def test_dense_checkpoint_loads_into_pruned_model(monkeypatch):
     assert len(logged[0]) < 200  # one short line, not every key
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(pruned_tokens="discard", reactivation=True), "discarded token"),
-    (dict(arch="deit-huge"), "unknown arch"),
-    (dict(pruned_tokens="keep"), "unknown pruned_tokens"),
-    (dict(rate="adaptive"), "unknown rate"),
-    (dict(selector="attn"), "unknown selector"),
-    (dict(sparse_mode="nested"), "unknown sparse_mode"),
-    (dict(keep_ratios=[0.7, 0.5]), "one ratio per pruning layer"),
-    (dict(prune_layers=[1, 2, 4]), "prune_layers"),
-    (dict(keep_ratios=[0.7, 0.5, 0.0]), r"\(0, 1\]"),
-    (dict(keep_ratios=[1.2, 0.5, 0.3], reactivation=True), r"\(0, 1\]"),
-    (dict(keep_ratios=[0.5, 0.7, 0.3]), "must not increase"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(pruned_tokens="discard", reactivation=True), "discarded token"),
+        (dict(arch="deit-huge"), "unknown arch"),
+        (dict(pruned_tokens="keep"), "unknown pruned_tokens"),
+        (dict(rate="adaptive"), "unknown rate"),
+        (dict(selector="attn"), "unknown selector"),
+        (dict(sparse_mode="nested"), "unknown sparse_mode"),
+        (dict(keep_ratios=[0.7, 0.5]), "one ratio per pruning layer"),
+        (dict(prune_layers=[1, 2, 4]), "prune_layers"),
+        (dict(keep_ratios=[0.7, 0.5, 0.0]), r"\(0, 1\]"),
+        (dict(keep_ratios=[1.2, 0.5, 0.3], reactivation=True), r"\(0, 1\]"),
+        (dict(keep_ratios=[0.5, 0.7, 0.3]), "must not increase"),
+    ],
+)
 def test_invalid_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         make(**kw)
@@ -394,19 +413,24 @@ def test_invalid_arguments(kw, match):
 
 # --- MMDetection ---------------------------------------------------------------------------
 
+
 def det_batch(with_gt):
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
 
     img = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    sample = DetDataSample(metainfo=dict(img_id=0, img_path="", ori_shape=(H, W), img_shape=(H, W),
-                                         scale_factor=(1.0, 1.0)))
+    sample = DetDataSample(
+        metainfo=dict(img_id=0, img_path="", ori_shape=(H, W), img_shape=(H, W), scale_factor=(1.0, 1.0))
+    )
     if with_gt:
         mask = np.zeros((1, H, W), dtype=np.uint8)
         mask[0, 10:50, 20:70] = 1
-        sample.gt_instances = InstanceData(bboxes=torch.tensor([[20.0, 10.0, 70.0, 50.0]]),
-                                           labels=torch.tensor([1]), masks=BitmapMasks(mask, H, W))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[20.0, 10.0, 70.0, 50.0]]),
+            labels=torch.tensor([1]),
+            masks=BitmapMasks(mask, H, W),
+        )
     return dict(inputs=[img], data_samples=[sample])
 
 
@@ -418,8 +442,9 @@ def test_pruned_mask_rcnn_train_iteration_and_test(rate):
     from prunebench.configs import TEMPLATE_DIR as CONFIGS
 
     torch.manual_seed(0)
-    model = build_detector("deit-tiny", config=str(CONFIGS / "mask_rcnn_vit_cpu.py"), **PRUNE,
-                           rate=rate, selector="gating")
+    model = build_detector(
+        "deit-tiny", config=str(CONFIGS / "mask_rcnn_vit_cpu.py"), **PRUNE, rate=rate, selector="gating"
+    )
     assert isinstance(model, PrunedMaskRCNN) and isinstance(model.backbone, PrunedViT)
     model.init_weights()
     before = {k: v.clone() for k, v in model.backbone.selectors.state_dict().items()}
@@ -429,8 +454,12 @@ def test_pruned_mask_rcnn_train_iteration_and_test(rate):
     assert model.keep_ratio_loss_weight == 4.0
     for key in ("loss", "loss_keep_ratio", "loss_rpn_cls", "loss_cls", "loss_mask"):
         assert np.isfinite(float(torch.as_tensor(log_vars[key]).detach())), key
-    expected = 4.0 * np.mean([(float(k.float().mean()) - r) ** 2  # batch of 1: both rates agree
-                              for k, r in zip(model.backbone.last_keep_masks, PRUNE["keep_ratios"])])
+    expected = 4.0 * np.mean(
+        [
+            (float(k.float().mean()) - r) ** 2  # batch of 1: both rates agree
+            for k, r in zip(model.backbone.last_keep_masks, PRUNE["keep_ratios"])
+        ]
+    )
     assert float(log_vars["loss_keep_ratio"].detach()) == pytest.approx(float(expected), abs=1e-6)
     changed = [k for k, v in model.backbone.selectors.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "the training step did not update the selectors"
@@ -451,8 +480,7 @@ def test_dense_detector_checkpoint_loads_into_pruned_detector(tmp_path, monkeypa
     from prunebench.configs import TEMPLATE_DIR as CONFIGS
 
     logged = []
-    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log",
-                        lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log", lambda msg, **kw: logged.append(msg))
     cfg = str(CONFIGS / "mask_rcnn_vit_cpu.py")
     dense = build_detector("deit-tiny", cfg)
     torch.save({"state_dict": dense.state_dict()}, tmp_path / "dense.pth")

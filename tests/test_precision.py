@@ -1,4 +1,5 @@
 """Pruning decisions under reduced precision (CPU autocast supports bf16 and fp16 in torch 2.9)."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -12,8 +13,16 @@ RATIOS = [0.7, 0.49, 0.343]
 
 def _model(rate: str) -> PrunedViT:
     torch.manual_seed(0)
-    model = PrunedViT("deit-tiny", embed_dim=96, depth=4, num_heads=3, out_channels=32,
-                      prune_layers=[1, 2, 3], keep_ratios=RATIOS, rate=rate).eval()
+    model = PrunedViT(
+        "deit-tiny",
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        out_channels=32,
+        prune_layers=[1, 2, 3],
+        keep_ratios=RATIOS,
+        rate=rate,
+    ).eval()
     for p in model.selectors.parameters():  # input-dependent scores, as a trained selector
         nn.init.normal_(p, std=0.3)
     return model

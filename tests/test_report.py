@@ -1,5 +1,6 @@
 """`prunebench report` on hand-made result folders with known numbers: tables, effects with
 t-intervals, verdicts on the paper's findings, exports and the plot."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from prunebench.report import (build_report, pairs_needed, pareto_front, plot_pareto, render, run_report,
-                               t_interval, t_quantile, to_csv)
+from prunebench.report import (
+    build_report,
+    pairs_needed,
+    pareto_front,
+    plot_pareto,
+    render,
+    run_report,
+    t_interval,
+    t_quantile,
+    to_csv,
+)
 from prunebench.report.render import effect_cells, verdict_cells
 
 
@@ -40,8 +50,14 @@ def sweep(tmp_path, make_run):
     make_run(s, "dense", box=40.0, mask=36.0, full=100.0, bb=60.0, flops=10.0)
     for i, (axes, (box, mask, full, bb, keep)) in enumerate(SETTINGS.items()):
         make_run(s, f"run{i}", ax(*axes), box=box, mask=mask, full=full, bb=bb, keep=keep, flops=6.0)
-    make_run(s, "zz-failed", ax("preserve", True, "dynamic", "mlp"), state="failed",
-             error="Traceback\nRuntimeError: CUDA out of memory [1, 2]", log=str(s / "zz-failed" / "train.log"))
+    make_run(
+        s,
+        "zz-failed",
+        ax("preserve", True, "dynamic", "mlp"),
+        state="failed",
+        error="Traceback\nRuntimeError: CUDA out of memory [1, 2]",
+        log=str(s / "zz-failed" / "train.log"),
+    )
     corrupt = make_run(s, "zz-corrupt", ax("preserve", True, "dynamic", "gating"))
     (corrupt / "metrics.json").write_text('{"box_ap": 41')
     make_run(s, "zz-running", ax("preserve", False, "dynamic", "mlp"), state="running", iter=5, max_iters=50)
@@ -55,19 +71,36 @@ HUGE = [6.0, -4.0, 5.0, -3.0, 4.0, -2.0, 7.0, -5.0]  # mean 1.0 again
 def planted(make_run, root: Path, axis: str, diffs: list[float]) -> Path:
     """2 seeds x 4 settings of two other axes: pair i along ``axis`` differs by ``diffs[i]`` in box
     and mask AP (the paper's better value minus the other); latencies 80 vs 100 ms."""
-    better, other = {"pruned_tokens": ("preserve", "discard"), "reactivation": (True, False),
-                     "rate": ("dynamic", "fixed"), "selector": ("mlp", "gating")}[axis]
+    better, other = {
+        "pruned_tokens": ("preserve", "discard"),
+        "reactivation": (True, False),
+        "rate": ("dynamic", "fixed"),
+        "selector": ("mlp", "gating"),
+    }[axis]
     varied = [a for a in ("rate", "selector", "reactivation") if a != axis][:2]
     choices = {"rate": ("fixed", "dynamic"), "selector": ("mlp", "gating"), "reactivation": (False, True)}
     for seed in (0, 1):
         make_run(root, f"dense-{seed}", seed=seed, box=40.0, mask=36.0, full=120.0, bb=70.0)
         for k, values in enumerate(product(*(choices[a] for a in varied))):
-            cell = {"pruned_tokens": "preserve", "reactivation": False, "rate": "fixed", "selector": "mlp",
-                    **dict(zip(varied, values))}
+            cell = {
+                "pruned_tokens": "preserve",
+                "reactivation": False,
+                "rate": "fixed",
+                "selector": "mlp",
+                **dict(zip(varied, values)),
+            }
             base, d = 30 + 0.5 * k + 0.1 * seed, diffs[4 * seed + k]
             for value, box, full in ((better, base + d, 80.0), (other, base, 100.0)):
-                make_run(root, f"{value}-{k}-{seed}", {**cell, axis: value}, seed=seed, box=box, mask=box - 3,
-                         full=full, bb=full / 2)
+                make_run(
+                    root,
+                    f"{value}-{k}-{seed}",
+                    {**cell, axis: value},
+                    seed=seed,
+                    box=box,
+                    mask=box - 3,
+                    full=full,
+                    bb=full / 2,
+                )
     return root
 
 
@@ -110,7 +143,10 @@ def test_effects_pairs_and_hand_interval(sweep):
     assert (pt.first, pt.second, pt.pairs, pt.seeds) == ("preserve", "discard", 2, 1)
     # diffs 1.0 and 0.9: sd = 0.1/sqrt(2); t(0.975, 1 df) = 12.7062; half width 12.7062 * sd / sqrt(2)
     assert pt.mean == pytest.approx(0.95) and pt.sd == pytest.approx(0.0707107, abs=1e-6)
-    assert (pt.low, pt.high) == (pytest.approx(0.95 - 0.635310, abs=1e-5), pytest.approx(0.95 + 0.635310, abs=1e-5))
+    assert (pt.low, pt.high) == (
+        pytest.approx(0.95 - 0.635310, abs=1e-5),
+        pytest.approx(0.95 + 0.635310, abs=1e-5),
+    )
     assert (pt.first_better, pt.second_better) == (2, 0)
     assert effect(rep, "pruned_tokens", "mask_ap").mean == pytest.approx(1.0)
     lat = effect(rep, "pruned_tokens", "latency_full")
@@ -127,12 +163,25 @@ def test_effects_pairs_and_hand_interval(sweep):
     assert (sel.first, sel.second, sel.pairs, sel.mean) == ("mlp", "gating", 2, pytest.approx(0.15))
     assert effect(rep, "selector", "latency_full").mean == pytest.approx(-1.0)
     assert [e.metric for e in rep.effects if e.axis == "selector"] == [
-        "box_ap", "mask_ap", "latency_full", "latency_backbone", "speedup_full", "speedup_backbone"]
+        "box_ap",
+        "mask_ap",
+        "latency_full",
+        "latency_backbone",
+        "speedup_full",
+        "speedup_backbone",
+    ]
 
 
 def test_t_quantile_and_power():
-    for df, table in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (7, 2.3646), (10, 2.2281), (30, 2.0423),
-                      (120, 1.9799)):
+    for df, table in (
+        (1, 12.7062),
+        (2, 4.3027),
+        (3, 3.1824),
+        (7, 2.3646),
+        (10, 2.2281),
+        (30, 2.0423),
+        (120, 1.9799),
+    ):
         assert t_quantile(0.975, df) == pytest.approx(table, abs=5e-5)
     assert t_quantile(0.995, 5) == pytest.approx(4.0321, abs=5e-5)
     ci = t_interval(SMALL)
@@ -148,8 +197,10 @@ def test_planted_effects_verdicts(tmp_path, make_run):
     e = effect(small, "pruned_tokens")
     assert (e.pairs, e.seeds, e.reading) == (8, 2, "")
     assert (e.low, e.high) == (pytest.approx(1 - 0.167203, abs=1e-5), pytest.approx(1 + 0.167203, abs=1e-5))
-    assert verdicts(small, "pruned_tokens") == {"box_ap": ("reproduced", "interval above 0"),
-                                                "mask_ap": ("reproduced", "interval above 0")}
+    assert verdicts(small, "pruned_tokens") == {
+        "box_ap": ("reproduced", "interval above 0"),
+        "mask_ap": ("reproduced", "interval above 0"),
+    }
     assert verdicts(small, "reactivation")["box_ap"][1].startswith("not in this study")
     huge = build_report(planted(make_run, tmp_path / "huge", "rate", HUGE), paper=True)
     assert effect(huge, "rate").mean == pytest.approx(1.0) and effect(huge, "rate").reading == "within noise"
@@ -159,16 +210,21 @@ def test_planted_effects_verdicts(tmp_path, make_run):
     assert effect(rev, "reactivation").first is True  # direction: the paper's better value first
 
 
-@pytest.mark.parametrize("diffs, margin, expected", [
-    ([0.1, -0.1, 0.05, -0.05, 0.0, 0.1, -0.1, 0.0], 0.5, ("reproduced", "interval within ±0.5")),
-    ([0.1, -0.1, 0.05, -0.05, 0.0, 0.1, -0.1, 0.0], 0.05, ("inconclusive", "interval crosses ±0.05")),
-    ([-x for x in SMALL], 0.5, ("contradicted", "interval outside ±0.5")),
-    ([0.4, 0.9, -0.1, 0.6, 0.2, 0.7, 0.0, 0.5], 0.5, ("inconclusive", "interval crosses ±0.5")),
-])
+@pytest.mark.parametrize(
+    "diffs, margin, expected",
+    [
+        ([0.1, -0.1, 0.05, -0.05, 0.0, 0.1, -0.1, 0.0], 0.5, ("reproduced", "interval within ±0.5")),
+        ([0.1, -0.1, 0.05, -0.05, 0.0, 0.1, -0.1, 0.0], 0.05, ("inconclusive", "interval crosses ±0.05")),
+        ([-x for x in SMALL], 0.5, ("contradicted", "interval outside ±0.5")),
+        ([0.4, 0.9, -0.1, 0.6, 0.2, 0.7, 0.0, 0.5], 0.5, ("inconclusive", "interval crosses ±0.5")),
+    ],
+)
 def test_equivalence_finding(tmp_path, make_run, diffs, margin, expected):
     rep = build_report(planted(make_run, tmp_path / "s", "selector", diffs), paper=True, margin=margin)
     assert verdicts(rep, "selector")["box_ap"] == expected
-    assert next(v for v in rep.paper.verdicts if v.axis == "selector").paper == f"mlp ≈ gating (±{margin:g} AP)"
+    assert (
+        next(v for v in rep.paper.verdicts if v.axis == "selector").paper == f"mlp ≈ gating (±{margin:g} AP)"
+    )
 
 
 def test_one_seed_warns(sweep):
@@ -179,8 +235,10 @@ def test_one_seed_warns(sweep):
     assert "preserve vs discard 2 pairs (≈ 2 seeds of this grid)" in text  # sd 0.0707, mean 0.95
     rep = build_report(sweep, paper=True)
     assert {v.verdict for v in rep.paper.verdicts} == {"inconclusive"}
-    assert verdicts(rep, "pruned_tokens")["box_ap"][1] == \
-        "one seed: cannot be told from noise (alone, the interval says reproduced)"
+    assert (
+        verdicts(rep, "pruned_tokens")["box_ap"][1]
+        == "one seed: cannot be told from noise (alone, the interval says reproduced)"
+    )
     assert effect(rep, "pruned_tokens").reading == "1 seed"
 
 
@@ -192,20 +250,29 @@ def test_headline_vs_paper(tmp_path, make_run):
     assert prior["d_box_ap"] == -1.5
     # best cell: preserve / mlp / gating... highest mean Δ box over the 2 seeds
     assert best["label"].startswith("this study: best cell") and best["d_box_ap"] == pytest.approx(
-        max((30 + 0.5 * k + 0.05 + (SMALL[k] + SMALL[4 + k]) / 2) - 40 for k in range(4)))
+        max((30 + 0.5 * k + 0.05 + (SMALL[k] + SMALL[4 + k]) / 2) - 40 for k in range(4))
+    )
     assert best["speedup_full"] == pytest.approx(1.5)
 
 
 def test_paired_speedup_preferred(tmp_path, make_run):
     s = tmp_path / "s"
     make_run(s, "dense", box=40.0, mask=36.0, full=100.0, bb=60.0)
-    old = make_run(s, "old", ax("preserve", False, "fixed", "mlp"), box=39.0, mask=35.0, full=80.0, bb=40.0)
+    make_run(s, "old", ax("preserve", False, "fixed", "mlp"), box=39.0, mask=35.0, full=80.0, bb=40.0)
     new = make_run(s, "new", ax("discard", False, "fixed", "mlp"), box=38.0, mask=34.0, full=80.0, bb=40.0)
     metrics = json.loads((new / "metrics.json").read_text())
-    metrics["latency_ms"].update(dtype="float32", threads=2, source="val images",
-                                 full_stats={"median": 80.0, "mid50_mean": 80.1, "p90": 83.0, "n": 20})
-    metrics["paired"] = {"dense_run_id": "dense", "dense_latency_ms": {"backbone": 62.0, "full": 112.0},
-                         "speedup": {"backbone": 1.55, "full": 1.4}, "rounds": 5}
+    metrics["latency_ms"].update(
+        dtype="float32",
+        threads=2,
+        source="val images",
+        full_stats={"median": 80.0, "mid50_mean": 80.1, "p90": 83.0, "n": 20},
+    )
+    metrics["paired"] = {
+        "dense_run_id": "dense",
+        "dense_latency_ms": {"backbone": 62.0, "full": 112.0},
+        "speedup": {"backbone": 1.55, "full": 1.4},
+        "rounds": 5,
+    }
     (new / "metrics.json").write_text(json.dumps(metrics))
     rep = build_report(s)
     rows = {r["run_id"]: r for r in rep.rows}
@@ -216,7 +283,11 @@ def test_paired_speedup_preferred(tmp_path, make_run):
     notes = " ".join(rep.notes())
     assert "1 of 2 finetunes timed beside their dense parent" in notes
     assert "different setups: cpu (2 runs), cpu, float32, 2 threads (1 run)" in notes
-    paired = {r["run_id"]: r["speedup_paired"] for r in csv.DictReader(io.StringIO(to_csv(rep))) if r["table"] == "run"}
+    paired = {
+        r["run_id"]: r["speedup_paired"]
+        for r in csv.DictReader(io.StringIO(to_csv(rep)))
+        if r["table"] == "run"
+    }
     assert paired == {"dense": "False", "old": "False", "new": "True"}
 
 
@@ -247,12 +318,25 @@ def test_exports_carry_the_table_numbers(tmp_path, make_run):
     csv_effects = [r for r in csv_rows if r["table"] == "effect"]
     md, tex = render(rep, "markdown"), render(rep, "latex")
     for row, e, rec, crow in zip(shown, rep.effects, data["effects"], csv_effects):
-        fmt = {"box_ap": "{:+.2f}", "mask_ap": "{:+.2f}", "latency_full": "{:+.1f}", "latency_backbone": "{:+.1f}",
-               "speedup_full": "{:+.3f}", "speedup_backbone": "{:+.3f}"}[rec["metric"]]
-        assert row[2:6] == [fmt.format(rec["mean"]), f"[{fmt.format(rec['ci_low'])}, {fmt.format(rec['ci_high'])}]",
-                            str(rec["pairs"]), f"{rec['first_better']}:{rec['second_better']}"]
+        fmt = {
+            "box_ap": "{:+.2f}",
+            "mask_ap": "{:+.2f}",
+            "latency_full": "{:+.1f}",
+            "latency_backbone": "{:+.1f}",
+            "speedup_full": "{:+.3f}",
+            "speedup_backbone": "{:+.3f}",
+        }[rec["metric"]]
+        assert row[2:6] == [
+            fmt.format(rec["mean"]),
+            f"[{fmt.format(rec['ci_low'])}, {fmt.format(rec['ci_high'])}]",
+            str(rec["pairs"]),
+            f"{rec['first_better']}:{rec['second_better']}",
+        ]
         assert (float(crow["mean"]), float(crow["ci_low"]), float(crow["ci_high"])) == (
-            rec["mean"], rec["ci_low"], rec["ci_high"])
+            rec["mean"],
+            rec["ci_low"],
+            rec["ci_high"],
+        )
         cells = effect_cells(e)
         assert "| " + " | ".join(cells) + " |" in md
         assert " & ".join(cells[2:6]).replace("−", "-") in tex
@@ -261,11 +345,15 @@ def test_exports_carry_the_table_numbers(tmp_path, make_run):
     assert [r[7] for r in shown_verdicts] == [v["verdict"] for v in data["paper"]["verdicts"]]
     for row, v, rec in zip(shown_verdicts, rep.paper.verdicts, data["paper"]["verdicts"]):
         if rec["mean"] is not None:
-            assert row[4] == f"{rec['mean']:+.2f}" and row[5] == f"[{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
+            assert (
+                row[4] == f"{rec['mean']:+.2f}" and row[5] == f"[{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
+            )
         assert "| " + " | ".join(verdict_cells(v)) + " |" in md
     in_csv = [r["verdict"] for r in csv_rows if r["table"] == "verdict"]
     assert in_csv == [v["verdict"] for v in data["paper"]["verdicts"]]
-    assert r"reproduced & interval above 0 \\" in tex and "Liu et al., WACV 2024" in md and "Liu et al." in tex
+    assert (
+        r"reproduced & interval above 0 \\" in tex and "Liu et al., WACV 2024" in md and "Liu et al." in tex
+    )
 
 
 def test_csv_contents(sweep):
@@ -298,7 +386,9 @@ def test_where_sort_and_formats(sweep, tmp_path):
     rep = build_report(sweep)
     data = json.loads(render(rep, "json"))
     assert len(data["rows"]) == 10 and data["effects"][0]["pairs"] == 2 and "paper" not in data
-    assert data["interval"] == "95 % t-interval over pairs, n-1 df" and data["notes"][0].startswith("One seed")
+    assert data["interval"] == "95 % t-interval over pairs, n-1 df" and data["notes"][0].startswith(
+        "One seed"
+    )
     md = render(rep, "markdown")
     assert "| dense | 0 | — |" in md and "| run0 | 0 | discard |" in md and "| zz-failed |" in md
     assert "| preserve vs discard | box AP | +0.95 | [+0.31, +1.59] | 2 | 2:0 |" in md and "> One seed" in md
@@ -314,8 +404,16 @@ def test_seeds_mean_std(tmp_path, make_run):
     s = tmp_path / "seeds"
     for seed, box in ((0, 40.0), (1, 41.0), (2, 42.0)):
         make_run(s, f"dense-{seed}", seed=seed, box=box, mask=36.0, full=100.0, bb=60.0)
-        make_run(s, f"p-{seed}", ax("preserve", False, "fixed", "mlp"), seed=seed,
-                 box=box - 1 + seed * 0.1, mask=35.0, full=80.0, bb=40.0)
+        make_run(
+            s,
+            f"p-{seed}",
+            ax("preserve", False, "fixed", "mlp"),
+            seed=seed,
+            box=box - 1 + seed * 0.1,
+            mask=35.0,
+            full=80.0,
+            bb=40.0,
+        )
     rep = build_report(s)
     assert rep.aggregated and len(rep.rows) == 2
     pruned = rep.rows[1]
@@ -352,22 +450,28 @@ def test_missing_folder_exit_code(tmp_path, capsys):
 
 
 def test_cli_report_imports_no_torch(sweep):
-    code = ("import sys; from typer.testing import CliRunner; from prunebench.cli import app\n"
-            f"r = CliRunner().invoke(app, ['report', {str(sweep)!r}, '--format', 'csv', '--paper', "
-            "'--margin', '0.3'])\n"
-            "assert r.exit_code == 0, r.output\n"
-            "assert '±0.3 AP' in r.output and 'table,sweep' in r.output, r.output\n"
-            "heavy = sorted(m for m in ('torch', 'mmdet', 'mmengine', 'mmcv', 'matplotlib', 'submitit', 'numpy')\n"
-            "               if m in sys.modules)\n"
-            "assert not heavy, heavy\n"
-            "r = CliRunner().invoke(app, ['status', " + repr(str(sweep)) + "])\n"
-            "assert r.exit_code == 0, r.output\n"
-            "heavy = sorted(m for m in ('torch', 'mmdet', 'mmengine', 'mmcv', 'matplotlib') if m in sys.modules)\n"
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from typer.testing import CliRunner; from prunebench.cli import app\n"
+        f"r = CliRunner().invoke(app, ['report', {str(sweep)!r}, '--format', 'csv', '--paper', "
+        "'--margin', '0.3'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert '±0.3 AP' in r.output and 'table,sweep' in r.output, r.output\n"
+        "heavy = sorted(m for m in ('torch', 'mmdet', 'mmengine', 'mmcv', 'matplotlib', 'submitit', 'numpy')\n"
+        "               if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "r = CliRunner().invoke(app, ['status', " + repr(str(sweep)) + "])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = sorted(m for m in ('torch', 'mmdet', 'mmengine', 'mmcv', 'matplotlib') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import prunebench.report"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import prunebench.report"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()}
     assert proc.returncode == 0 and "prunebench" in imported
     assert not imported & {"torch", "submitit", "numpy", "matplotlib", "mmdet"}, sorted(imported)

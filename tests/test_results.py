@@ -1,5 +1,6 @@
 """Run folders: states, tolerance of missing/partial/corrupt files, folder layouts, the one rule
 of "finished", recording failures, and the lock that makes one writer per run."""
+
 from __future__ import annotations
 
 import errno
@@ -12,16 +13,35 @@ import sys
 import pytest
 
 from prunebench import results
-from prunebench.results import (CORRUPT, LOCK_FILE, METRICS_FILE, MISSING, STATUS_FILE, RunLocked, is_finished,
-                                load_run, lock_holder, read_json, record_failure, run_lock, scan_results,
-                                write_status)
+from prunebench.results import (
+    CORRUPT,
+    LOCK_FILE,
+    METRICS_FILE,
+    MISSING,
+    STATUS_FILE,
+    RunLocked,
+    is_finished,
+    load_run,
+    lock_holder,
+    read_json,
+    record_failure,
+    run_lock,
+    scan_results,
+    write_status,
+)
 
 
 def test_states_and_problems(tmp_path, make_run):
     sweep = tmp_path / "s"
     make_run(sweep, "a-dense", box=40.0, mask=36.0, full=100.0, bb=60.0)
-    make_run(sweep, "b-failed", {"pruned_tokens": "discard"}, state="failed", error="x\nCUDA out of memory",
-             log="/r/b/train.log")
+    make_run(
+        sweep,
+        "b-failed",
+        {"pruned_tokens": "discard"},
+        state="failed",
+        error="x\nCUDA out of memory",
+        log="/r/b/train.log",
+    )
     bad = make_run(sweep, "c-corrupt", {"pruned_tokens": "preserve"}, state="done")
     (bad / METRICS_FILE).write_text('{"box_ap": 39.')
     partial = make_run(sweep, "d-partial", {"pruned_tokens": "preserve"}, state="done")
@@ -37,12 +57,29 @@ def test_states_and_problems(tmp_path, make_run):
     (sweep / "pareto.png").write_bytes(b"x")
 
     runs = {r.run_id: r for r in scan_results(sweep)}
-    assert list(runs) == ["a-dense", "b-failed", "c-corrupt", "d-partial", "e-nometrics", "f-running",
-                          "g-bare", "h-badstatus", "i-nan"]
+    assert list(runs) == [
+        "a-dense",
+        "b-failed",
+        "c-corrupt",
+        "d-partial",
+        "e-nometrics",
+        "f-running",
+        "g-bare",
+        "h-badstatus",
+        "i-nan",
+    ]
     got = {k: r.state for k, r in runs.items()}
-    assert got == {"a-dense": "done", "b-failed": "failed", "c-corrupt": CORRUPT, "d-partial": CORRUPT,
-                   "e-nometrics": MISSING, "f-running": "running", "g-bare": MISSING, "h-badstatus": CORRUPT,
-                   "i-nan": "done"}
+    assert got == {
+        "a-dense": "done",
+        "b-failed": "failed",
+        "c-corrupt": CORRUPT,
+        "d-partial": CORRUPT,
+        "e-nometrics": MISSING,
+        "f-running": "running",
+        "g-bare": MISSING,
+        "h-badstatus": CORRUPT,
+        "i-nan": "done",
+    }
     assert "not valid JSON" in runs["c-corrupt"].problem and "metrics.json" in runs["c-corrupt"].problem
     assert "lacks box_ap, latency_ms" in runs["d-partial"].problem
     assert "says done" in runs["e-nometrics"].problem
@@ -76,14 +113,17 @@ def test_writer_side_unchanged(tmp_path):
     assert load_run(tmp_path).state == MISSING  # status done, no metrics
 
 
-@pytest.mark.parametrize("metrics, finished", [
-    ({"box_ap": 40.0, "latency_ms": {"full": 1.0}}, True),
-    ({"box_ap": 40.0, "latency_ms": None}, False),  # the key is there, the value is not
-    ({"latency_ms": {"full": 1.0}}, False),
-    ("[1]", False),
-    ('{"box_ap": 4', False),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    "metrics, finished",
+    [
+        ({"box_ap": 40.0, "latency_ms": {"full": 1.0}}, True),
+        ({"box_ap": 40.0, "latency_ms": None}, False),  # the key is there, the value is not
+        ({"latency_ms": {"full": 1.0}}, False),
+        ("[1]", False),
+        ('{"box_ap": 4', False),
+        (None, False),
+    ],
+)
 def test_one_rule_of_finished(tmp_path, make_run, metrics, finished):
     run_dir = make_run(tmp_path / "s", "r", state="running")
     if metrics is not None:
@@ -114,9 +154,11 @@ def test_lock_names_its_holder_and_keeps_others_out(tmp_path, hold_lock):
     holder = hold_lock(tmp_path)
     seen = lock_holder(tmp_path)
     assert (seen.pid, seen.host) == (holder.pid, socket.gethostname())
-    with pytest.raises(RunLocked, match=f"running elsewhere \\(pid {holder.pid} on "):
-        with run_lock(tmp_path, wait_s=0.2):
-            pass
+    with (
+        pytest.raises(RunLocked, match=f"running elsewhere \\(pid {holder.pid} on "),
+        run_lock(tmp_path, wait_s=0.2),
+    ):
+        pass
     holder.release()
     assert lock_holder(tmp_path) is None
     with run_lock(tmp_path):
@@ -131,8 +173,10 @@ def test_lock_names_its_holder_and_keeps_others_out(tmp_path, hold_lock):
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
-    code = ("import os, sys; from prunebench.results import run_lock\n"
-            "with run_lock(sys.argv[1]):\n    os.kill(os.getpid(), 9)")
+    code = (
+        "import os, sys; from prunebench.results import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    os.kill(os.getpid(), 9)"
+    )
     assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == -9
     dead = json.loads((tmp_path / LOCK_FILE).read_text())["pid"]
     assert lock_holder(tmp_path) is None

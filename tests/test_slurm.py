@@ -2,6 +2,7 @@
 query, the job callable) and integration tests on the local test cluster
 (``bash scripts/slurm_cluster.sh start``; marked ``slurm``, skipped when no idle node). The
 behaviour it shares with every executor is in test_executors.py."""
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAKE_JOB, make_fake_runs, read_trace
 from rich.console import Console
 
+from conftest import FAKE_JOB, make_fake_runs, read_trace
 from prunebench.executors.slurm import queue as Q
 from prunebench.executors.slurm.executor import SlurmExecutor
 from prunebench.executors.slurm.options import SlurmOptions, parse_mem, parse_sbatch_args, parse_time
@@ -35,16 +36,30 @@ def two_runs(sweep_dir: Path, **fake):
 
 
 def finish(run_dir: Path) -> None:
-    atomic_write_json(run_dir / "metrics.json", {"run_id": run_dir.name, "box_ap": 1.0, "mask_ap": 1.0,
-                                                 "latency_ms": {"full": 1.0}})
+    atomic_write_json(
+        run_dir / "metrics.json",
+        {"run_id": run_dir.name, "box_ap": 1.0, "mask_ap": 1.0, "latency_ms": {"full": 1.0}},
+    )
     write_status(run_dir, "done")
 
 
 # ============================================================================ options
 
-@pytest.mark.parametrize("value, minutes", [(90, 90), (2.5, 3), ("30", 30), ("1:30", 2), ("24:00:00", 1440),
-                                            ("0:00:59", 1), ("1-12", 2160), ("1-00:30", 1470),
-                                            ("2-00:00:00", 2880)])
+
+@pytest.mark.parametrize(
+    "value, minutes",
+    [
+        (90, 90),
+        (2.5, 3),
+        ("30", 30),
+        ("1:30", 2),
+        ("24:00:00", 1440),
+        ("0:00:59", 1),
+        ("1-12", 2160),
+        ("1-00:30", 1470),
+        ("2-00:00:00", 2880),
+    ],
+)
 def test_parse_time(value, minutes):
     assert parse_time(value) == minutes
 
@@ -55,8 +70,18 @@ def test_parse_time_rejects_bad_values(value):
         parse_time(value)
 
 
-@pytest.mark.parametrize("value, mem", [(64, "64G"), (1.5, "1536M"), ("64G", "64G"), ("64gb", "64G"),
-                                        ("16000M", "16000M"), ("16000", "16000M"), (None, None)])
+@pytest.mark.parametrize(
+    "value, mem",
+    [
+        (64, "64G"),
+        (1.5, "1536M"),
+        ("64G", "64G"),
+        ("64gb", "64G"),
+        ("16000M", "16000M"),
+        ("16000", "16000M"),
+        (None, None),
+    ],
+)
 def test_parse_mem(value, mem):
     assert parse_mem(value) == mem
 
@@ -78,9 +103,15 @@ def test_per_gpu_batch_keeps_the_total_batch():
 
 
 def test_parse_sbatch_args():
-    assert parse_sbatch_args({"constraint": "a100", "exclusive": True}) == {"constraint": "a100", "exclusive": True}
+    assert parse_sbatch_args({"constraint": "a100", "exclusive": True}) == {
+        "constraint": "a100",
+        "exclusive": True,
+    }
     assert parse_sbatch_args({"mail_type": "END"}) == {"mail-type": "END"}
-    assert parse_sbatch_args(["--constraint=a100", "--exclusive"]) == {"constraint": "a100", "exclusive": True}
+    assert parse_sbatch_args(["--constraint=a100", "--exclusive"]) == {
+        "constraint": "a100",
+        "exclusive": True,
+    }
     assert parse_sbatch_args("--nice=10 --exclusive") == {"nice": "10", "exclusive": True}
     assert parse_sbatch_args(None) == {}
     with pytest.raises(ValueError, match="long options"):
@@ -100,9 +131,21 @@ def test_options_reject_bad_values():
 
 
 def test_options_merge_grid_section_and_command_line():
-    grid = {"partition": "gpu", "gpus_per_job": 4, "time": "1:00:00", "mem": 64, "sbatch_args": ["--exclusive"]}
+    grid = {
+        "partition": "gpu",
+        "gpus_per_job": 4,
+        "time": "1:00:00",
+        "mem": 64,
+        "sbatch_args": ["--exclusive"],
+    }
     opts = SlurmOptions.merge(grid, {"time": "2:00:00", "partition": None, "qos": "high"})
-    assert (opts.partition, opts.gpus_per_job, opts.time, opts.mem, opts.qos) == ("gpu", 4, 120, "64G", "high")
+    assert (opts.partition, opts.gpus_per_job, opts.time, opts.mem, opts.qos) == (
+        "gpu",
+        4,
+        120,
+        "64G",
+        "high",
+    )
     assert opts.sbatch_args == {"exclusive": True} and opts.launcher == "slurm"
     assert SlurmOptions.merge(None, {}) == SlurmOptions()
 
@@ -118,7 +161,13 @@ def make_grid(tmp_path: Path, slurm: str):
 def test_sweep_builds_the_executor_from_grid_and_command_line(tmp_path):
     grid = make_grid(tmp_path, "{partition: gpu, time: 90}")
     ex = make_executor("slurm", grid, {"time": None, "mem": "8G", "wait": True, "poll_s": 1})
-    assert (ex.options.partition, ex.options.time, ex.options.mem, ex.wait, ex.poll_s) == ("gpu", 90, "8G", True, 1)
+    assert (ex.options.partition, ex.options.time, ex.options.mem, ex.wait, ex.poll_s) == (
+        "gpu",
+        90,
+        "8G",
+        True,
+        1,
+    )
     with pytest.raises(GridError, match=r"g\.yaml.*slurm.*Slurm time"):
         make_executor("slurm", make_grid(tmp_path, "{time: tomorrow}"))
     with pytest.raises(GridError, match="Slurm option: invalid memory"):
@@ -129,6 +178,7 @@ def test_sweep_builds_the_executor_from_grid_and_command_line(tmp_path):
 
 # ============================================================================ sbatch parameters
 
+
 def test_sbatch_parameters_cpu_job():
     p = SlurmOptions().sbatch_parameters("dense")
     assert p["job_name"] == "dense" and p["time"] == 1440 and p["ntasks_per_node"] == 1 and p["nodes"] == 1
@@ -138,31 +188,54 @@ def test_sbatch_parameters_cpu_job():
 
 
 def test_sbatch_parameters_multi_gpu_job_and_dependency():
-    opts = SlurmOptions.create(partition="gpu", gpus_per_job=4, cpus_per_task=8, mem="64G", time=90,
-                               account="proj", qos="high", sbatch_args=["--constraint=a100"])
+    opts = SlurmOptions.create(
+        partition="gpu",
+        gpus_per_job=4,
+        cpus_per_task=8,
+        mem="64G",
+        time=90,
+        account="proj",
+        qos="high",
+        sbatch_args=["--constraint=a100"],
+    )
     p = opts.sbatch_parameters("ft", ["11", "12"])
     assert p["gpus_per_node"] == 4 and p["ntasks_per_node"] == 4  # one task per GPU
     assert opts.launcher == "slurm"
     assert p["dependency"] == "afterok:11:12"
     assert (p["partition"], p["cpus_per_task"], p["mem"], p["time"], p["account"], p["qos"]) == (
-        "gpu", 8, "64G", 90, "proj", "high")
+        "gpu",
+        8,
+        "64G",
+        90,
+        "proj",
+        "high",
+    )
     assert p["additional_parameters"]["constraint"] == "a100"
 
 
 def test_sbatch_script_written_by_submitit(tmp_path):
     submitit_slurm = pytest.importorskip("submitit.slurm.slurm")
     opts = SlurmOptions.create(gpus_per_job=2, time="1-00:00:00", sbatch_args={"constraint": "a100"})
-    text = submitit_slurm._make_sbatch_string(command="python -m x", folder=tmp_path,
-                                              **opts.sbatch_parameters("ft", ["42"]))
-    for line in ("#SBATCH --dependency=afterok:42", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --ntasks-per-node=2", "#SBATCH --time=1440", "#SBATCH --requeue",
-                 "#SBATCH --hold", "#SBATCH --signal=USR2@120", "#SBATCH --constraint=a100",
-                 "#SBATCH --job-name=ft"):
+    text = submitit_slurm._make_sbatch_string(
+        command="python -m x", folder=tmp_path, **opts.sbatch_parameters("ft", ["42"])
+    )
+    for line in (
+        "#SBATCH --dependency=afterok:42",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --time=1440",
+        "#SBATCH --requeue",
+        "#SBATCH --hold",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --job-name=ft",
+    ):
         assert line in text.splitlines(), line
     assert "srun" in text
 
 
 # ============================================================================ the queue query
+
 
 def test_query_asks_squeue_then_sacct_once_each(monkeypatch):
     calls = []
@@ -175,22 +248,40 @@ def test_query_asks_squeue_then_sacct_once_each(monkeypatch):
 
     monkeypatch.setattr(Q, "_run", run)
     got = Q.query(["3", "4", "5", "6", "6", "7", "8", ""])
-    assert got == {"3": JobState("3", "COMPLETED"), "4": JobState("4", "CANCELLED"), "5": JobState("5", "RUNNING"),
-                   "6": JobState("6", "PENDING", "Dependency"),
-                   "7": JobState("7", "PENDING", "DependencyNeverSatisfied"),
-                   "8": JobState("8", "PENDING", "JobHeldUser")}
+    assert got == {
+        "3": JobState("3", "COMPLETED"),
+        "4": JobState("4", "CANCELLED"),
+        "5": JobState("5", "RUNNING"),
+        "6": JobState("6", "PENDING", "Dependency"),
+        "7": JobState("7", "PENDING", "DependencyNeverSatisfied"),
+        "8": JobState("8", "PENDING", "JobHeldUser"),
+    }
     assert [c[0] for c in calls] == ["squeue", "sacct"] and calls[1][-1] == "3,4"  # sacct: only the rest
-    assert [got[j].phase for j in "345678"] == [Phase.ENDED, Phase.ENDED, Phase.RUNNING, Phase.QUEUED,
-                                                Phase.NEVER, Phase.HELD]
+    assert [got[j].phase for j in "345678"] == [
+        Phase.ENDED,
+        Phase.ENDED,
+        Phase.RUNNING,
+        Phase.QUEUED,
+        Phase.NEVER,
+        Phase.HELD,
+    ]
     assert [got[j].alive for j in "345678"] == [False, False, True, True, False, True]
 
 
-@pytest.mark.parametrize("state, reason, phase", [
-    ("REQUEUED", "", Phase.QUEUED), ("PREEMPTED", "", Phase.QUEUED), ("COMPLETING", "", Phase.RUNNING),
-    ("TIMEOUT", "", Phase.ENDED), ("NODE_FAIL", "", Phase.ENDED), ("OUT_OF_MEMORY", "", Phase.ENDED),
-    ("PENDING", "Priority", Phase.QUEUED), ("PENDING", "BeginTime", Phase.QUEUED),
-    ("PENDING", "DependencyNeverSatisfiedX", Phase.QUEUED),  # reason codes match exactly
-])
+@pytest.mark.parametrize(
+    "state, reason, phase",
+    [
+        ("REQUEUED", "", Phase.QUEUED),
+        ("PREEMPTED", "", Phase.QUEUED),
+        ("COMPLETING", "", Phase.RUNNING),
+        ("TIMEOUT", "", Phase.ENDED),
+        ("NODE_FAIL", "", Phase.ENDED),
+        ("OUT_OF_MEMORY", "", Phase.ENDED),
+        ("PENDING", "Priority", Phase.QUEUED),
+        ("PENDING", "BeginTime", Phase.QUEUED),
+        ("PENDING", "DependencyNeverSatisfiedX", Phase.QUEUED),  # reason codes match exactly
+    ],
+)
 def test_phase_of_a_state(state, reason, phase):
     assert JobState("1", state, reason).phase is phase
 
@@ -202,6 +293,7 @@ def test_query_without_slurm_tools_is_empty(monkeypatch):
 
 
 # ============================================================================ decisions
+
 
 def live(**states) -> dict[str, JobState]:
     return {k: JobState(k, *(v if isinstance(v, tuple) else (v,))) for k, v in states.items()}
@@ -226,15 +318,19 @@ def test_plan_skips_finished_and_live_runs(tmp_path):
     runs, dense, ft = two_runs(tmp_path)
     finish(dense)
     set_job(ft, "7", "running")
-    assert actions(SlurmExecutor().plan(tmp_path, runs, live(**{"7": "RUNNING"}))) == {dense.name: "done",
-                                                                                      ft.name: "keep"}
+    assert actions(SlurmExecutor().plan(tmp_path, runs, live(**{"7": "RUNNING"}))) == {
+        dense.name: "done",
+        ft.name: "keep",
+    }
 
 
 def test_plan_resubmits_failed_lost_and_stuck_jobs(tmp_path):
     runs, dense, ft = two_runs(tmp_path)
     set_job(dense, "5", "failed")
     set_job(ft, "6")
-    plan = SlurmExecutor().plan(tmp_path, runs, live(**{"5": "FAILED", "6": ("PENDING", "DependencyNeverSatisfied")}))
+    plan = SlurmExecutor().plan(
+        tmp_path, runs, live(**{"5": "FAILED", "6": ("PENDING", "DependencyNeverSatisfied")})
+    )
     assert actions(plan) == {dense.name: "submit", ft.name: "resubmit"}
     # a job left held by a submission cut short before its release is replaced
     plan = SlurmExecutor().plan(tmp_path, runs, live(**{"5": "FAILED", "6": ("PENDING", "JobHeldUser")}))
@@ -301,7 +397,9 @@ def test_run_translates_dependencies_to_afterok_job_ids(tmp_path):
     assert fake.executor().run(tmp_path, runs) == {dense.name: "submitted", ft.name: "submitted"}
     assert fake.submitted == [(dense.name, []), (ft.name, ["100"])] and fake.released == ["100", "101"]
     status = read_json(ft / "status.json")
-    assert status["state"] == "pending" and status["slurm_job_id"] == "101" and "after 100" in status["reason"]
+    assert (
+        status["state"] == "pending" and status["slurm_job_id"] == "101" and "after 100" in status["reason"]
+    )
 
 
 def test_run_again_skips_queued_and_finished_runs(tmp_path):
@@ -369,7 +467,10 @@ def test_wait_records_a_job_killed_before_it_could_say_why(tmp_path):
     runs, dense, ft = two_runs(tmp_path)
     # dense job 100 dies (e.g. scancel, node failure) without metrics; its finetune can never start
     fake = FakeQueue(live(**{"100": "CANCELLED", "101": ("PENDING", "DependencyNeverSatisfied")}))
-    assert fake.executor(wait=True, poll_s=0).run(tmp_path, runs) == {dense.name: "failed", ft.name: "skipped"}
+    assert fake.executor(wait=True, poll_s=0).run(tmp_path, runs) == {
+        dense.name: "failed",
+        ft.name: "skipped",
+    }
     status = read_json(dense / "status.json")
     assert status["state"] == "failed" and "100 ended CANCELLED" in status["error"]
     assert status["slurm_state"] == "CANCELLED"
@@ -385,8 +486,10 @@ def test_wait_keeps_the_error_a_job_recorded(tmp_path):
             write_status(dense, "failed", error="CUDA out of memory")
         return live(**{"100": "FAILED", "101": ("PENDING", "DependencyNeverSatisfied")})
 
-    assert FakeQueue(states).executor(wait=True, poll_s=0).run(tmp_path, runs) == {dense.name: "failed",
-                                                                                   ft.name: "skipped"}
+    assert FakeQueue(states).executor(wait=True, poll_s=0).run(tmp_path, runs) == {
+        dense.name: "failed",
+        ft.name: "skipped",
+    }
     assert read_json(dense / "status.json")["error"] == "CUDA out of memory"
 
 
@@ -406,6 +509,7 @@ def test_wait_returns_done_when_jobs_finish(tmp_path):
 
 
 # ============================================================================ the job callable
+
 
 def test_job_is_checkpointable_and_resubmits_the_same_run(tmp_path):
     from submitit.helpers import Checkpointable
@@ -505,6 +609,7 @@ def test_requeue_exit_leaves_the_run_pending(tmp_path, monkeypatch, exit_error):
 
 # ============================================================================ integration (cluster)
 
+
 def _idle_node() -> str | None:
     """None when a node is idle, else why the integration tests cannot run."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
@@ -526,14 +631,19 @@ def cluster(monkeypatch):
     if reason:
         pytest.skip(reason)
     # the node is this machine: let its Python import conftest (for fake_job)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
-                                                                   os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+    )
 
 
 def sacct_times(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """job id -> (Start, End) from accounting; {} when sacct does not work (no slurmdbd)."""
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+    )
     rows = [line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2]
     return {r[0]: (r[1], r[2]) for r in rows} if out.returncode == 0 else {}
 
@@ -552,8 +662,9 @@ def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
 @pytest.mark.timeout(240)
 def test_fake_jobs_run_in_dependency_order(cluster, tmp_path):
     runs, dense_dir, ft_dir = two_runs(tmp_path / "fake", steps=2, sleep=0.5)
-    states = SlurmExecutor(SlurmOptions.create(time=10), wait=True, poll_s=1, job_fn=FAKE_JOB,
-                           console=QUIET).run(tmp_path / "fake", runs)
+    states = SlurmExecutor(
+        SlurmOptions.create(time=10), wait=True, poll_s=1, job_fn=FAKE_JOB, console=QUIET
+    ).run(tmp_path / "fake", runs)
     assert states == {dense_dir.name: "done", ft_dir.name: "done"}
     dense, ft = (read_json(d / "status.json") for d in (dense_dir, ft_dir))
     dense_end = next(e["t"] for e in read_trace(dense_dir) if e["event"] == "end")
@@ -570,7 +681,9 @@ def test_fake_jobs_run_in_dependency_order(cluster, tmp_path):
 def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     runs = make_fake_runs(tmp_path / "preempt", finetunes=0, steps=8, sleep=2)
     run_dir = tmp_path / "preempt" / runs[0].run_id
-    SlurmExecutor(SlurmOptions.create(time=60), job_fn=FAKE_JOB, console=QUIET).run(tmp_path / "preempt", runs)
+    SlurmExecutor(SlurmOptions.create(time=60), job_fn=FAKE_JOB, console=QUIET).run(
+        tmp_path / "preempt", runs
+    )
     job = read_json(run_dir / "status.json")["slurm_job_id"]
     wait_for(lambda: (read_json(run_dir / "fake_ckpt.json") or {}).get("step", 0) >= 2, 60, "2 steps")
     # what Slurm does on preemption (submitit's own test hook): SIGTERM, then the USR2 warning
@@ -590,14 +703,30 @@ def smoke_grid(tmp_path: Path, name: str, dense_iters: int, ckpt_every: int) -> 
     """ablations/smoke.yaml cut to 2 points (dense + one pruned finetune), tiny and short."""
     grid = yaml.safe_load((ROOT / "ablations" / "smoke.yaml").read_text())
     grid["name"] = name
-    grid["axes"] = {"pruned_tokens": ["preserve"], "reactivation": [True], "rate": ["dynamic"],
-                    "selector": ["mlp"]}
-    grid["backbone"].update(embed_dim=32, depth=2, num_heads=2, out_channels=16, prune_layers=[1],
-                            keep_ratios=[0.5])
-    grid["data"].update(num_train=8, num_val=4, image_size=[64, 64], img_scale=[64, 64], batch_size=2,
-                        cache_dir=str(tmp_path / "cache"))
-    grid["schedule"].update(dense={"iters": dense_iters}, finetune={"iters": 2}, warmup_iters=1,
-                            log_interval=1, checkpoint_interval=ckpt_every)
+    grid["axes"] = {
+        "pruned_tokens": ["preserve"],
+        "reactivation": [True],
+        "rate": ["dynamic"],
+        "selector": ["mlp"],
+    }
+    grid["backbone"].update(
+        embed_dim=32, depth=2, num_heads=2, out_channels=16, prune_layers=[1], keep_ratios=[0.5]
+    )
+    grid["data"].update(
+        num_train=8,
+        num_val=4,
+        image_size=[64, 64],
+        img_scale=[64, 64],
+        batch_size=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    grid["schedule"].update(
+        dense={"iters": dense_iters},
+        finetune={"iters": 2},
+        warmup_iters=1,
+        log_interval=1,
+        checkpoint_interval=ckpt_every,
+    )
     grid["bench"] = {"input_size": [64, 64], "warmup": 1, "repeats": 2}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(grid))
@@ -620,9 +749,13 @@ def test_smoke_sweep_on_slurm_holds_the_dependency(cluster, tmp_path):
 
     from prunebench.sweep import run_sweep
 
-    states = run_sweep(smoke_grid(tmp_path, "slurm-smoke", dense_iters=4, ckpt_every=2), tmp_path / "results",
-                       executor="slurm", console=Console(quiet=True),
-                       executor_options={"wait": True, "poll_s": 2, "time": 30, "console": Console(quiet=True)})
+    states = run_sweep(
+        smoke_grid(tmp_path, "slurm-smoke", dense_iters=4, ckpt_every=2),
+        tmp_path / "results",
+        executor="slurm",
+        console=Console(quiet=True),
+        executor_options={"wait": True, "poll_s": 2, "time": 30, "console": Console(quiet=True)},
+    )
     assert sorted(states.values()) == ["done", "done"], states
     sweep = tmp_path / "results" / "slurm-smoke"
     runs = {read_json(d / "run.json")["stage"]: d for d in sweep.iterdir() if (d / "run.json").exists()}
@@ -653,15 +786,27 @@ def test_cancelled_run_completes_on_rerun(cluster, tmp_path):
     dense_dir = next(d for d in sweep.iterdir() if d.name.startswith("dense-"))
     ft_dir = next(d for d in sweep.iterdir() if d.name.startswith("preserve-"))
     old = {d: read_json(d / "status.json")["slurm_job_id"] for d in (dense_dir, ft_dir)}
-    wait_for(lambda: list((dense_dir / "work_dir").glob("iter_*.pth")), 300, "the dense run's first checkpoint",
-             every=0.5)
+    wait_for(
+        lambda: list((dense_dir / "work_dir").glob("iter_*.pth")),
+        300,
+        "the dense run's first checkpoint",
+        every=0.5,
+    )
     subprocess.run(["scancel", old[dense_dir]], check=True)
-    wait_for(lambda: getattr(Q.query([old[dense_dir]]).get(old[dense_dir]), "state", "") == "CANCELLED", 60,
-             "the cancel")
+    wait_for(
+        lambda: getattr(Q.query([old[dense_dir]]).get(old[dense_dir]), "state", "") == "CANCELLED",
+        60,
+        "the cancel",
+    )
     assert not is_finished(dense_dir)
     # the same command again: resubmits the cancelled run, moves the finetune onto the new job
-    states = run_sweep(grid, tmp_path / "results", executor="slurm",
-                       executor_options={**options, "wait": True}, console=quiet)
+    states = run_sweep(
+        grid,
+        tmp_path / "results",
+        executor="slurm",
+        executor_options={**options, "wait": True},
+        console=quiet,
+    )
     assert sorted(states.values()) == ["done", "done"], states
     new = {d: read_json(d / "status.json")["slurm_job_id"] for d in (dense_dir, ft_dir)}
     assert all(new[d] != old[d] for d in new), (old, new)

@@ -1,4 +1,5 @@
 """The installed stack trains: a Mask R-CNN from an MMDetection config, one forward and one step."""
+
 import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
@@ -22,12 +23,22 @@ def test_mask_rcnn_from_config_forward_and_training_step():
     model = MODELS.build(cfg.model)
     model.init_weights()
     h, w = 64, 64
-    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                                         scale_factor=(1.0, 1.0), batch_input_shape=(h, w)))
+    sample = DetDataSample(
+        metainfo=dict(
+            img_shape=(h, w),
+            ori_shape=(h, w),
+            pad_shape=(h, w),
+            scale_factor=(1.0, 1.0),
+            batch_input_shape=(h, w),
+        )
+    )
     mask = torch.zeros(1, h, w, dtype=torch.uint8)
     mask[0, 10:40, 12:44] = 1
-    sample.gt_instances = InstanceData(bboxes=torch.tensor([[12.0, 10.0, 44.0, 40.0]]),
-                                       labels=torch.tensor([1]), masks=BitmapMasks(mask.numpy(), h, w))
+    sample.gt_instances = InstanceData(
+        bboxes=torch.tensor([[12.0, 10.0, 44.0, 40.0]]),
+        labels=torch.tensor([1]),
+        masks=BitmapMasks(mask.numpy(), h, w),
+    )
     data = dict(inputs=[torch.randint(0, 255, (3, h, w), dtype=torch.uint8)], data_samples=[sample])
 
     model.train()

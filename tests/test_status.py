@@ -1,4 +1,5 @@
 """`prunebench status`: one line per run, live Slurm state, killed local jobs, exit codes."""
+
 from __future__ import annotations
 
 import io
@@ -30,15 +31,44 @@ def line_of(text: str, run_id: str) -> str:
 def sweep(tmp_path, make_run):
     s = tmp_path / "sw"
     make_run(s, "dense", box=40.04, mask=36.0, full=100.0, bb=60.0)
-    make_run(s, "failed", {"pruned_tokens": "discard"}, state="failed",
-             error="RuntimeError: boom\n  at [layer 3]", log="/logs/failed.log")
-    make_run(s, "killed", {"pruned_tokens": "discard"}, state="failed", error="exit code -9",
-             traceback="...\nKilled by OOM killer\n", log="/logs/killed.log")
-    make_run(s, "running", {"pruned_tokens": "preserve"}, state="running", phase="train", iter=250,
-             max_iters=1000, eta_s=3725, slurm_job_id="101")
-    make_run(s, "queued", {"pruned_tokens": "preserve", "rate": "dynamic"}, state="pending", slurm_job_id="102")
-    make_run(s, "skipped", {"pruned_tokens": "discard", "reactivation": True}, state="skipped",
-             reason="discard + reactivation: a discarded token cannot come back")
+    make_run(
+        s,
+        "failed",
+        {"pruned_tokens": "discard"},
+        state="failed",
+        error="RuntimeError: boom\n  at [layer 3]",
+        log="/logs/failed.log",
+    )
+    make_run(
+        s,
+        "killed",
+        {"pruned_tokens": "discard"},
+        state="failed",
+        error="exit code -9",
+        traceback="...\nKilled by OOM killer\n",
+        log="/logs/killed.log",
+    )
+    make_run(
+        s,
+        "running",
+        {"pruned_tokens": "preserve"},
+        state="running",
+        phase="train",
+        iter=250,
+        max_iters=1000,
+        eta_s=3725,
+        slurm_job_id="101",
+    )
+    make_run(
+        s, "queued", {"pruned_tokens": "preserve", "rate": "dynamic"}, state="pending", slurm_job_id="102"
+    )
+    make_run(
+        s,
+        "skipped",
+        {"pruned_tokens": "discard", "reactivation": True},
+        state="skipped",
+        reason="discard + reactivation: a discarded token cannot come back",
+    )
     (make_run(s, "corrupt", {"pruned_tokens": "preserve"}) / "metrics.json").write_text("{")
     return s
 
@@ -46,8 +76,20 @@ def sweep(tmp_path, make_run):
 def test_one_line_per_run(sweep):
     code, text = status_text(sweep)
     assert code == 0
-    assert line_of(text, "dense").split() == ["dense", "done", "box", "40.0", "mask", "36.0", "full", "100.0",
-                                              "ms", "backbone", "60.0", "ms"]
+    assert line_of(text, "dense").split() == [
+        "dense",
+        "done",
+        "box",
+        "40.0",
+        "mask",
+        "36.0",
+        "full",
+        "100.0",
+        "ms",
+        "backbone",
+        "60.0",
+        "ms",
+    ]
     failed = line_of(text, "failed")
     assert "failed" in failed and "at [layer 3]" in failed and "(log: /logs/failed.log)" in failed
     assert "exit code -9: Killed by OOM killer  (log: /logs/killed.log)" in line_of(text, "killed")
@@ -115,7 +157,9 @@ def test_a_running_run_without_a_live_job_is_shown_killed(tmp_path, make_run, ho
     assert "no live job" not in status_text(tmp_path / "sw")[1]  # no lock file: nothing known
     with run_lock(run_dir):  # a job held the lock, then was killed (kill -9) before it said so
         pass
-    assert "[no live job: killed; re-run the sweep to resume]" in line_of(status_text(tmp_path / "sw")[1], "dense")
+    assert "[no live job: killed; re-run the sweep to resume]" in line_of(
+        status_text(tmp_path / "sw")[1], "dense"
+    )
     holder = hold_lock(run_dir)
     assert "no live job" not in status_text(tmp_path / "sw")[1]
     holder.release()
@@ -126,6 +170,8 @@ def test_a_running_run_without_a_live_job_is_shown_killed(tmp_path, make_run, ho
 def test_status_does_not_import_the_slurm_backend():
     import subprocess
 
-    code = ("import sys, prunebench.status; "
-            "assert not [m for m in sys.modules if m.startswith('prunebench.executors')]")
+    code = (
+        "import sys, prunebench.status; "
+        "assert not [m for m in sys.modules if m.startswith('prunebench.executors')]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """Sweep preparation: run folders and generated MMDetection configs."""
+
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,9 @@ def make_grid(tmp_path: Path, extra: str = "") -> Path:
 
 
 def test_prepare_writes_loadable_configs(tmp_path):
-    sweep = prepare(make_grid(tmp_path, "overrides: {optim_wrapper.optimizer.weight_decay: 0.01}"),
-                    tmp_path / "results")
+    sweep = prepare(
+        make_grid(tmp_path, "overrides: {optim_wrapper.optimizer.weight_decay: 0.01}"), tmp_path / "results"
+    )
     assert [r.stage for r in sweep.runs] == ["dense", "finetune", "finetune"]
     dense, pruned = sweep.runs[0], sweep.runs[1]
     for spec in sweep.runs:

@@ -1,4 +1,5 @@
 """`prunebench viz`: keep maps from a tiny PrunedViT config, a run folder's checkpoint, a detector."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,11 @@ from typer.testing import CliRunner  # noqa: E402
 from prunebench.cli import app  # noqa: E402
 from prunebench.viz import find_checkpoint, load_model, make_keep_maps, preprocess, run_viz  # noqa: E402
 
-TINY = ("model = dict(type='PrunedViT', arch='deit-tiny', embed_dim=96, depth=4, num_heads=3, "
-        "prune_layers={layers}, keep_ratios={ratios}, out_channels=32)\n"
-        "test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 96), keep_ratio=True)]\n")
+TINY = (
+    "model = dict(type='PrunedViT', arch='deit-tiny', embed_dim=96, depth=4, num_heads=3, "
+    "prune_layers={layers}, keep_ratios={ratios}, out_channels=32)\n"
+    "test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 96), keep_ratio=True)]\n"
+)
 
 
 def write_config(path: Path, layers=(1, 2, 3), ratios=(0.7, 0.5, 0.3)) -> Path:
@@ -43,7 +46,8 @@ def test_preprocess_matches_test_pipeline(tmp_path, image):
     assert x.shape == (1, 3, 96, 128) and abs(float(x.mean())) < 0.5  # normalised, already /32
     bgr = mmcv.imread(str(image))
     expect = (mmcv.imrescale(bgr, (160, 96))[0, 0, ::-1] - np.array([123.675, 116.28, 103.53])) / np.array(
-        [58.395, 57.12, 57.375])
+        [58.395, 57.12, 57.375]
+    )
     assert np.allclose(x[0, :, 0, 0].numpy(), expect, atol=1e-4)
 
 
@@ -63,13 +67,19 @@ def test_run_folder_checkpoint(tmp_path, image):
     write_config(run / "config.py")
     model, backbone, _, ckpt = load_model(run)
     assert ckpt is None
-    state = {f"backbone.{k}": torch.full_like(v, 0.5) if k == "pos_embed" else v
-             for k, v in backbone.state_dict().items()}
+    state = {
+        f"backbone.{k}": torch.full_like(v, 0.5) if k == "pos_embed" else v
+        for k, v in backbone.state_dict().items()
+    }
     (run / "work_dir").mkdir()
     older = run / "work_dir" / "epoch_1.pth"
     torch.save({"state_dict": {}, "meta": {}}, older)
     newest = run / "work_dir" / "epoch_2.pth"
-    meta = {"epoch": 2, "message_hub": {"log_scalars": {"loss": HistoryBuffer([1.0], [1])}}, "lr": np.float64(1e-4)}
+    meta = {
+        "epoch": 2,
+        "message_hub": {"log_scalars": {"loss": HistoryBuffer([1.0], [1])}},
+        "lr": np.float64(1e-4),
+    }
     torch.save({"state_dict": state, "meta": meta}, newest)
     (run / "work_dir" / "last_checkpoint").write_text("/other/machine/work_dir/epoch_2.pth")
     assert find_checkpoint(run) == newest
@@ -101,7 +111,8 @@ def test_cli_viz_with_detector_config(tmp_path, image):
         f"_base_ = [{str(base)!r}]\n"
         "model = dict(backbone=dict(prune_layers=[1, 3], keep_ratios=[0.7, 0.49], rate='dynamic'))\n"
         "test_dataloader = dict(dataset=dict(pipeline=[dict(type='LoadImageFromFile'), "
-        "dict(type='Resize', scale=(128, 128), keep_ratio=True)]))\n")
+        "dict(type='Resize', scale=(128, 128), keep_ratio=True)]))\n"
+    )
     out = tmp_path / "det.png"
     res = CliRunner().invoke(app, ["viz", str(run), str(image), "--out", str(out)])
     assert res.exit_code == 0, res.output

@@ -1,5 +1,6 @@
 """ImageNet DeiT initialisation: the accepted checkpoint formats, conversion, errors, the
 `prunebench weights` check and the grid's `backbone.pretrained`."""
+
 from __future__ import annotations
 
 import pytest
@@ -114,8 +115,9 @@ def test_detector_init_loads_pretrained_backbone(deit):
     from prunebench.configs import TEMPLATE_DIR as CONFIGS
 
     root, files = deit
-    model = build_detector("deit-tiny", str(CONFIGS / "mask_rcnn_vit.py"),
-                           pretrained=str(root / "deit-tiny-official.pth"))
+    model = build_detector(
+        "deit-tiny", str(CONFIGS / "mask_rcnn_vit.py"), pretrained=str(root / "deit-tiny-official.pth")
+    )
     model.init_weights()
     assert torch.equal(model.backbone.blocks[5].mlp.fc1.weight, files["deit-tiny"]["blocks.5.mlp.fc1.weight"])
 

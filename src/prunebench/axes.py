@@ -4,9 +4,11 @@ the paper's reference pruning schedule, the discard + reactivation rule and disp
 A leaf module: it imports nothing from prunebench, so the grid, the models, the report and the
 scripts can all take these facts from here.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 #: axis -> its values, in display order.
 PRUNING_AXES: dict[str, tuple] = {
@@ -16,32 +18,44 @@ PRUNING_AXES: dict[str, tuple] = {
     "selector": ("mlp", "gating"),
 }
 #: value of an axis a grid does not sweep.
-AXIS_DEFAULTS: dict[str, Any] = {"pruned_tokens": "preserve", "reactivation": False,
-                                 "rate": "fixed", "selector": "mlp"}
+AXIS_DEFAULTS: dict[str, Any] = {
+    "pruned_tokens": "preserve",
+    "reactivation": False,
+    "rate": "fixed",
+    "selector": "mlp",
+}
 #: the paper's finding per axis, as (better or equal value, other value).
-PAPER_DIRECTION: dict[str, tuple] = {"pruned_tokens": ("preserve", "discard"),
-                                     "reactivation": (True, False),
-                                     "rate": ("dynamic", "fixed"),
-                                     "selector": ("mlp", "gating")}
+PAPER_DIRECTION: dict[str, tuple] = {
+    "pruned_tokens": ("preserve", "discard"),
+    "reactivation": (True, False),
+    "rate": ("dynamic", "fixed"),
+    "selector": ("mlp", "gating"),
+}
 
 #: arch -> (embed_dim, depth, num_heads) of the DeiT models.
-ARCHS: dict[str, tuple[int, int, int]] = {"deit-tiny": (192, 12, 3), "deit-small": (384, 12, 6),
-                                          "deit-base": (768, 12, 12)}
+ARCHS: dict[str, tuple[int, int, int]] = {
+    "deit-tiny": (192, 12, 3),
+    "deit-small": (384, 12, 6),
+    "deit-base": (768, 12, 12),
+}
 #: timm model names of the archs (for checkpoint docs and tests).
-TIMM_NAMES: dict[str, str] = {"deit-tiny": "deit_tiny_patch16_224",
-                              "deit-small": "deit_small_patch16_224",
-                              "deit-base": "deit_base_patch16_224"}
+TIMM_NAMES: dict[str, str] = {
+    "deit-tiny": "deit_tiny_patch16_224",
+    "deit-small": "deit_small_patch16_224",
+    "deit-base": "deit_base_patch16_224",
+}
 
 #: The paper's schedule: selectors before blocks 4..12 (1-based), keep ratios of all N tokens.
 REFERENCE_LAYERS: list[int] = [3, 4, 5, 6, 7, 8, 9, 10, 11]
 REFERENCE_RATIOS: list[float] = [0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343]
 
-IMPOSSIBLE_REASON = ("discard + reactivation: a discarded token has no state to come back with "
-                     "(reactivation needs pruned_tokens=preserve)")
+IMPOSSIBLE_REASON = (
+    "discard + reactivation: a discarded token has no state to come back with "
+    "(reactivation needs pruned_tokens=preserve)"
+)
 
 #: short tags used in run ids (``preserve-react-dyn-mlp``).
-_ID_TAGS = {"reactivation": {True: "react", False: "noreact"},
-            "rate": {"fixed": "fixed", "dynamic": "dyn"}}
+_ID_TAGS = {"reactivation": {True: "react", False: "noreact"}, "rate": {"fixed": "fixed", "dynamic": "dyn"}}
 #: column headers of the axes in tables.
 AXIS_HEADERS = {"pruned_tokens": "pruned tokens", "reactivation": "react."}
 

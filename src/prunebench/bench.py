@@ -17,6 +17,7 @@ path, so pruned blocks count only their gathered tokens; one multiply-add counts
 in fvcore, plus a handle for ``scaled_dot_product_attention``, which MMEngine does not count);
 ``vit_blocks`` is the analytic count of the ViT blocks, averaged over all timed images.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,13 +35,22 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["DTYPES", "REFERENCE_SCHEDULE", "autocast", "build_detector", "latency_stats",
-           "measure_models", "measure_run", "run_bench", "time_calls", "vit_block_gflops"]
+__all__ = [
+    "DTYPES",
+    "REFERENCE_SCHEDULE",
+    "autocast",
+    "build_detector",
+    "latency_stats",
+    "measure_models",
+    "measure_run",
+    "run_bench",
+    "time_calls",
+    "vit_block_gflops",
+]
 
 CONFIGS = Path(__file__).parent / "configs"
 #: Selectors before blocks 4..12 (1-based); keep ratios are fractions of all N tokens.
-REFERENCE_SCHEDULE = dict(prune_layers=list(range(3, 12)),
-                          keep_ratios=[0.7] * 3 + [0.49] * 3 + [0.343] * 3)
+REFERENCE_SCHEDULE = dict(prune_layers=list(range(3, 12)), keep_ratios=[0.7] * 3 + [0.49] * 3 + [0.343] * 3)
 #: bench dtype -> autocast dtype (None: plain fp32).
 DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -81,17 +91,23 @@ def latency_stats(samples_ms: Sequence[float]) -> dict:
     n = len(s)
     if not n:
         raise ValueError("no timed calls")
-    return {"median": statistics.median(s), "mid50_mean": statistics.fmean(s[n // 4:n - n // 4]),
-            "p90": s[math.ceil(0.9 * n) - 1], "n": n}
+    return {
+        "median": statistics.median(s),
+        "mid50_mean": statistics.fmean(s[n // 4 : n - n // 4]),
+        "p90": s[math.ceil(0.9 * n) - 1],
+        "n": n,
+    }
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     """A function that runs ``fn`` and returns its wall time in ms (CUDA events on a GPU)."""
     if device.type != "cuda":
+
         def timed(fn):
             t0 = time.perf_counter()
             fn()
             return (time.perf_counter() - t0) * 1e3
+
         return timed
 
     def timed_cuda(fn):
@@ -102,12 +118,14 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
+
     return timed_cuda
 
 
 @torch.no_grad()
-def time_calls(fns: dict[Hashable, Sequence[Callable[[], Any]]], device: torch.device | str,
-               warmup: int, repeats: int) -> dict[Hashable, list[float]]:
+def time_calls(
+    fns: dict[Hashable, Sequence[Callable[[], Any]]], device: torch.device | str, warmup: int, repeats: int
+) -> dict[Hashable, list[float]]:
     """ms of every timed call, per key. ``fns[key][i]`` runs input ``i`` (all keys have the same
     inputs). ``warmup`` untimed calls per key cycle through the inputs; then each of ``repeats``
     rounds calls every input once per key, keys interleaved per input."""
@@ -125,6 +143,7 @@ def time_calls(fns: dict[Hashable, Sequence[Callable[[], Any]]], device: torch.d
 
 
 # ----------------------------------------------------------------------------- models and inputs
+
 
 def _load_config(config: Optional[str]):
     from mmengine.config import Config
@@ -154,16 +173,24 @@ def synthetic_data(input_hw: tuple[int, int], batch: int = 1) -> dict:
     H, W = input_hw
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen) for _ in range(batch)]
-    samples = [DetDataSample(metainfo=dict(img_id=i, img_path="", ori_shape=(H, W), img_shape=(H, W),
-                                           scale_factor=(1.0, 1.0))) for i in range(batch)]
+    samples = [
+        DetDataSample(
+            metainfo=dict(img_id=i, img_path="", ori_shape=(H, W), img_shape=(H, W), scale_factor=(1.0, 1.0))
+        )
+        for i in range(batch)
+    ]
     return dict(inputs=inputs, data_samples=samples)
 
 
 def _collate(items: Sequence[dict], batch: int) -> list[dict]:
     """Pipeline outputs -> ``test_step`` batches of up to ``batch`` images."""
-    return [{"inputs": [it["inputs"] for it in items[i:i + batch]],
-             "data_samples": [it["data_samples"] for it in items[i:i + batch]]}
-            for i in range(0, len(items), batch)]
+    return [
+        {
+            "inputs": [it["inputs"] for it in items[i : i + batch]],
+            "data_samples": [it["data_samples"] for it in items[i : i + batch]],
+        }
+        for i in range(0, len(items), batch)
+    ]
 
 
 def dataset_batches(dataset, count: int) -> list[dict]:
@@ -179,24 +206,30 @@ def _image_files(path: Path, count: int) -> tuple[list[Path], dict]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
         if not files:
-            raise ValueError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}); pass a folder "
-                             "of images or a COCO annotation file")
+            raise ValueError(
+                f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}); pass a folder "
+                "of images or a COCO annotation file"
+            )
         return files, {"folder": str(path)}
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such folder or annotation file")
     try:
         names = [im["file_name"] for im in json.loads(path.read_text())["images"]][:count]
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{path}: not a COCO annotation file (a JSON object with an `images` list "
-                         "of {file_name, ...}); pass a folder of images or such a file") from None
+        raise ValueError(
+            f"{path}: not a COCO annotation file (a JSON object with an `images` list "
+            "of {file_name, ...}); pass a folder of images or such a file"
+        ) from None
     if not names:
         raise ValueError(f"{path}: its `images` list is empty")
     split = path.stem.split("_", 1)[-1]  # instances_val2017.json -> val2017
     roots = [path.parent, path.parent.parent / split, path.parent.parent]
     root = next((r for r in roots if (r / names[0]).is_file()), None)
     if root is None:
-        raise FileNotFoundError(f"{path}: image {names[0]!r} not found in {', '.join(map(str, roots))}; "
-                                "use the COCO layout ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/")
+        raise FileNotFoundError(
+            f"{path}: image {names[0]!r} not found in {', '.join(map(str, roots))}; "
+            "use the COCO layout ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/"
+        )
     return [root / n for n in names], {"ann_file": str(path)}
 
 
@@ -213,6 +246,7 @@ def file_batches(path: str | Path, cfg, count: int, batch: int = 1) -> tuple[lis
 
 
 # ----------------------------------------------------------------------------- FLOPs
+
 
 def _sdpa_flop(inputs, outputs) -> int:
     from mmengine.analysis.jit_handles import get_shape
@@ -247,8 +281,9 @@ def _gflops(module: nn.Module, img: torch.Tensor) -> Optional[float]:
             analyzer.tracer_warnings("none")
             return analyzer.total() / 1e9
     except Exception as exc:  # tracing a detector can fail on unusual heads: report no FLOPs
-        print_log(f"FLOP count of {type(module).__name__} failed: {exc!r}", logger="current",
-                  level=logging.WARNING)
+        print_log(
+            f"FLOP count of {type(module).__name__} failed: {exc!r}", logger="current", level=logging.WARNING
+        )
         return None
 
 
@@ -259,6 +294,7 @@ def vit_block_gflops(tokens_per_block: Sequence[float], dim: int, mlp_ratio: flo
 
 
 # ----------------------------------------------------------------------------- timing detectors
+
 
 class _Probe:
     """One detector on a list of batches: the calls to time, then latency, FLOPs, keep ratio."""
@@ -300,12 +336,16 @@ class _Probe:
                 block_flops.append(vit_block_gflops(rows, dim, mlp_ratio))
                 tokens.append(n)
         per_layer = [statistics.fmean(col) for col in zip(*per_image_keep)] if self.masks[0] else []
-        keep = {"mean": statistics.fmean(per_layer) if per_layer else 1.0, "per_layer": per_layer,
-                "images": len(per_image_keep)}
+        keep = {
+            "mean": statistics.fmean(per_layer) if per_layer else 1.0,
+            "per_layer": per_layer,
+            "images": len(per_image_keep),
+        }
         return keep, statistics.fmean(block_flops), statistics.fmean(tokens)
 
-    def result(self, ms: dict[str, Optional[list[float]]], source: dict, warmup: int, repeats: int,
-               flops: bool) -> dict:
+    def result(
+        self, ms: dict[str, Optional[list[float]]], source: dict, warmup: int, repeats: int, flops: bool
+    ) -> dict:
         keep, block_flops, tokens = self._keep()
         stats = {part: latency_stats(v) if v else None for part, v in ms.items()}
         B = self.imgs[0].shape[0]
@@ -319,20 +359,37 @@ class _Probe:
             "latency_ms": {
                 "backbone": stats["backbone"]["median"],
                 "full": stats["full"]["median"] if stats.get("full") else None,
-                "backbone_stats": stats["backbone"], "full_stats": stats.get("full"),
-                "device": dev, "dtype": self.dtype, "threads": torch.get_num_threads(),
-                "source": source, "batch": B, "tokens": tokens, "warmup": warmup,
-                "repeats": repeats, "keep_ratio": keep},
-            "flops_g": {"backbone": None if bb_flops is None else bb_flops / B,
-                        "full": None if full_flops is None else full_flops / B,
-                        "vit_blocks": block_flops},
+                "backbone_stats": stats["backbone"],
+                "full_stats": stats.get("full"),
+                "device": dev,
+                "dtype": self.dtype,
+                "threads": torch.get_num_threads(),
+                "source": source,
+                "batch": B,
+                "tokens": tokens,
+                "warmup": warmup,
+                "repeats": repeats,
+                "keep_ratio": keep,
+            },
+            "flops_g": {
+                "backbone": None if bb_flops is None else bb_flops / B,
+                "full": None if full_flops is None else full_flops / B,
+                "vit_blocks": block_flops,
+            },
         }
 
 
-def measure_models(models: dict[str, nn.Module], batches: list[dict], source: dict,
-                   device: torch.device | str = "cpu", dtype: str = "fp32", warmup: int = 2,
-                   repeats: int = 5, full: bool = True,
-                   flops: Optional[Sequence[str]] = None) -> dict[str, dict]:
+def measure_models(
+    models: dict[str, nn.Module],
+    batches: list[dict],
+    source: dict,
+    device: torch.device | str = "cpu",
+    dtype: str = "fp32",
+    warmup: int = 2,
+    repeats: int = 5,
+    full: bool = True,
+    flops: Optional[Sequence[str]] = None,
+) -> dict[str, dict]:
     """Time detectors side by side (interleaved rounds) on the same batches.
 
     Returns per model ``{"latency_ms": {"backbone", "full" (medians), "backbone_stats",
@@ -352,9 +409,16 @@ def measure_models(models: dict[str, nn.Module], batches: list[dict], source: di
             fns[(name, "full")] = [partial(p.full, i) for i in range(len(batches))]
     ms = time_calls(fns, device, warmup, repeats)
     flops = list(models) if flops is None else flops
-    return {name: p.result({part: ms.get((name, part)) for part in ("backbone", "full")}, source,
-                           warmup, repeats, name in flops)
-            for name, p in probes.items()}
+    return {
+        name: p.result(
+            {part: ms.get((name, part)) for part in ("backbone", "full")},
+            source,
+            warmup,
+            repeats,
+            name in flops,
+        )
+        for name, p in probes.items()
+    }
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -370,19 +434,25 @@ def _dense_parent(dense_dir: Path, device: torch.device) -> Optional[nn.Module]:
     from .results import CONFIG_FILE, METRICS_FILE, WORK_DIR, read_json
 
     ckpt = (read_json(dense_dir / METRICS_FILE) or {}).get("checkpoint") or ""
-    found = next((p for p in (Path(ckpt), dense_dir / WORK_DIR / Path(ckpt).name)
-                  if ckpt and p.is_file()), None)
+    found = next(
+        (p for p in (Path(ckpt), dense_dir / WORK_DIR / Path(ckpt).name) if ckpt and p.is_file()), None
+    )
     if found is None or not (dense_dir / CONFIG_FILE).is_file():
-        print_log(f"no paired latency: the dense run {dense_dir} has no config.py or checkpoint "
-                  f"(metrics.json checkpoint {ckpt!r})", logger="current", level=logging.WARNING)
+        print_log(
+            f"no paired latency: the dense run {dense_dir} has no config.py or checkpoint "
+            f"(metrics.json checkpoint {ckpt!r})",
+            logger="current",
+            level=logging.WARNING,
+        )
         return None
     model = MODELS.build(_load_config(str(dense_dir / CONFIG_FILE)).model)
     load_checkpoint(model, str(found), map_location="cpu", logger="current")
     return model.to(device).eval()
 
 
-def measure_run(model: nn.Module, dataset, bench: dict, run_dir: Path,
-                dense_run: Optional[str] = None) -> dict:
+def measure_run(
+    model: nn.Module, dataset, bench: dict, run_dir: Path, dense_run: Optional[str] = None
+) -> dict:
     """Latency of a trained run's detector, as its job records it.
 
     Timed on the first ``bench["images"]`` (default 20) samples of ``dataset`` (the run's test
@@ -399,25 +469,48 @@ def measure_run(model: nn.Module, dataset, bench: dict, run_dir: Path,
     if dense is not None:
         models["dense"] = dense
     repeats = int(bench.get("repeats", 5))
-    res = measure_models(models, batches, source, device, dtype=bench.get("dtype", "fp32"),
-                         warmup=int(bench.get("warmup", 2)), repeats=repeats, flops=["run"])
+    res = measure_models(
+        models,
+        batches,
+        source,
+        device,
+        dtype=bench.get("dtype", "fp32"),
+        warmup=int(bench.get("warmup", 2)),
+        repeats=repeats,
+        flops=["run"],
+    )
     out = {**res["run"], "paired": None}
     if dense is not None:
         d, r = res["dense"]["latency_ms"], res["run"]["latency_ms"]
-        out["paired"] = {"dense_run_id": dense_run,
-                         "dense_latency_ms": {k: d[k] for k in ("backbone", "full")},
-                         "speedup": {k: _ratio(d[k], r[k]) for k in ("backbone", "full")},
-                         "rounds": repeats}
+        out["paired"] = {
+            "dense_run_id": dense_run,
+            "dense_latency_ms": {k: d[k] for k in ("backbone", "full")},
+            "speedup": {k: _ratio(d[k], r[k]) for k in ("backbone", "full")},
+            "rounds": repeats,
+        }
     return out
 
 
-def run_bench(arch: str = "deit-small", input_size: tuple[int, int] = (800, 1344), batch: int = 1,
-              warmup: int = 2, repeats: int = 5, device: str = "cpu", rate: str = "fixed",
-              json_out: Optional[str] = None, backbone_only: bool = False,
-              prune_layers: Optional[Sequence[int]] = None,
-              keep_ratios: Optional[Sequence[float]] = None, config: Optional[str] = None,
-              seed: int = 0, console=None, images: Optional[str] = None, num_images: int = 20,
-              dtype: str = "fp32", **backbone_kwargs) -> dict:
+def run_bench(
+    arch: str = "deit-small",
+    input_size: tuple[int, int] = (800, 1344),
+    batch: int = 1,
+    warmup: int = 2,
+    repeats: int = 5,
+    device: str = "cpu",
+    rate: str = "fixed",
+    json_out: Optional[str] = None,
+    backbone_only: bool = False,
+    prune_layers: Optional[Sequence[int]] = None,
+    keep_ratios: Optional[Sequence[float]] = None,
+    config: Optional[str] = None,
+    seed: int = 0,
+    console=None,
+    images: Optional[str] = None,
+    num_images: int = 20,
+    dtype: str = "fp32",
+    **backbone_kwargs,
+) -> dict:
     """Dense vs pruned detector side by side in one process: a Rich table and a dict.
 
     The pruned model (reference schedule unless ``prune_layers``/``keep_ratios`` are given;
@@ -429,10 +522,10 @@ def run_bench(arch: str = "deit-small", input_size: tuple[int, int] = (800, 1344
     from rich.console import Console
     from rich.table import Table
 
-    schedule = dict(prune_layers=list(REFERENCE_SCHEDULE["prune_layers"] if prune_layers is None
-                                      else prune_layers),
-                    keep_ratios=list(REFERENCE_SCHEDULE["keep_ratios"] if keep_ratios is None
-                                     else keep_ratios))
+    schedule = dict(
+        prune_layers=list(REFERENCE_SCHEDULE["prune_layers"] if prune_layers is None else prune_layers),
+        keep_ratios=list(REFERENCE_SCHEDULE["keep_ratios"] if keep_ratios is None else keep_ratios),
+    )
     torch.manual_seed(seed)
     dense = build_detector(arch, config, **backbone_kwargs)
     pruned = build_detector(arch, config, rate=rate, **schedule, **backbone_kwargs)
@@ -442,36 +535,62 @@ def run_bench(arch: str = "deit-small", input_size: tuple[int, int] = (800, 1344
     else:
         batches = [synthetic_data(input_hw=tuple(input_size), batch=batch)]
         source = {"kind": "random", "input_size": list(input_size)}
-    res = measure_models({"dense": dense, "pruned": pruned}, batches, source, device, dtype,
-                         warmup, repeats, full=not backbone_only)
+    res = measure_models(
+        {"dense": dense, "pruned": pruned},
+        batches,
+        source,
+        device,
+        dtype,
+        warmup,
+        repeats,
+        full=not backbone_only,
+    )
     d, p = res["dense"], res["pruned"]
     out = {
-        "arch": arch, "rate": rate, "source": source, "batch": batch, "device": device, "dtype": dtype,
-        "warmup": warmup, "repeats": repeats, "schedule": schedule, **backbone_kwargs,
-        "dense": d, "pruned": p,
+        "arch": arch,
+        "rate": rate,
+        "source": source,
+        "batch": batch,
+        "device": device,
+        "dtype": dtype,
+        "warmup": warmup,
+        "repeats": repeats,
+        "schedule": schedule,
+        **backbone_kwargs,
+        "dense": d,
+        "pruned": p,
         "speedup": {k: _ratio(d["latency_ms"][k], p["latency_ms"][k]) for k in ("backbone", "full")},
-        "flop_ratio": {k: _ratio(d["flops_g"][k], p["flops_g"][k])
-                       for k in ("backbone", "full", "vit_blocks")},
+        "flop_ratio": {
+            k: _ratio(d["flops_g"][k], p["flops_g"][k]) for k in ("backbone", "full", "vit_blocks")
+        },
     }
 
-    what = (f"{source['count']} images" if images else f"{input_size[0]}x{input_size[1]}")
+    what = f"{source['count']} images" if images else f"{input_size[0]}x{input_size[1]}"
     n = d["latency_ms"]["backbone_stats"]["n"]
-    table = Table(title=f"{arch} {what} batch {batch} {dtype} on {d['latency_ms']['device']} "
-                        f"({d['latency_ms']['threads']} threads): dense vs pruned ({rate} rate), "
-                        f"{n} timed calls each")
+    table = Table(
+        title=f"{arch} {what} batch {batch} {dtype} on {d['latency_ms']['device']} "
+        f"({d['latency_ms']['threads']} threads): dense vs pruned ({rate} rate), "
+        f"{n} timed calls each"
+    )
     for col in ("", "dense", "pruned", "dense / pruned"):
         table.add_column(col, justify="right" if col else "left")
-    rows = [("backbone ms, median", "latency_ms", "backbone"),
-            ("backbone ms, p90", "backbone_stats", "p90"),
-            ("full detector ms, median", "latency_ms", "full"),
-            ("full detector ms, p90", "full_stats", "p90"),
-            ("backbone GFLOPs", "flops_g", "backbone"), ("full detector GFLOPs", "flops_g", "full"),
-            ("ViT blocks GFLOPs", "flops_g", "vit_blocks"), ("keep ratio", "keep_ratio", "mean")]
+    rows = [
+        ("backbone ms, median", "latency_ms", "backbone"),
+        ("backbone ms, p90", "backbone_stats", "p90"),
+        ("full detector ms, median", "latency_ms", "full"),
+        ("full detector ms, p90", "full_stats", "p90"),
+        ("backbone GFLOPs", "flops_g", "backbone"),
+        ("full detector GFLOPs", "flops_g", "full"),
+        ("ViT blocks GFLOPs", "flops_g", "vit_blocks"),
+        ("keep ratio", "keep_ratio", "mean"),
+    ]
     for label, group, key in rows:
         a, b = (_cell(r, group, key) for r in (d, p))
-        table.add_row(label, *("-" if v is None else f"{v:.3f}" if group == "keep_ratio" else f"{v:.1f}"
-                               for v in (a, b)),
-                      "" if group == "keep_ratio" or _ratio(a, b) is None else f"{_ratio(a, b):.2f}x")
+        table.add_row(
+            label,
+            *("-" if v is None else f"{v:.3f}" if group == "keep_ratio" else f"{v:.1f}" for v in (a, b)),
+            "" if group == "keep_ratio" or _ratio(a, b) is None else f"{_ratio(a, b):.2f}x",
+        )
     (console or Console()).print(table)
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)

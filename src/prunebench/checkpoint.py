@@ -1,4 +1,5 @@
 """MMEngine checkpoints under PyTorch >= 2.6, where ``torch.load`` defaults to ``weights_only=True``."""
+
 from __future__ import annotations
 
 
@@ -10,8 +11,15 @@ def mmengine_checkpoint_globals() -> list:
 
     core = getattr(np, "_core", None) or np.core
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return [getattr, HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct,
-            core.multiarray.scalar, *dtypes]
+    return [
+        getattr,
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        *dtypes,
+    ]
 
 
 def allow_mmengine_checkpoints() -> None:

@@ -3,10 +3,11 @@
 Heavy libraries (torch, MMDetection) are imported inside the functions that need them, so
 ``--help``, ``plan``, ``status`` and ``report`` start fast.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -19,8 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: the built-in synthetic COCO-format set and real COCO subsets.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: the built-in synthetic COCO-format set and real COCO subsets.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -35,33 +37,54 @@ def doctor() -> None:
 @app.command()
 def report(
     results: Path = typer.Argument(..., help="A sweep folder (results/<sweep>) or a parent of several."),
-    sort: Optional[str] = typer.Option(None, "--sort", help="Sort by a column, best first (box_ap, "
-                                       "mask_ap, latency_full, speedup_full, ...); prefix '-' to reverse."),
-    where: List[str] = typer.Option([], "--where", help="Keep runs with AXIS=VALUE; repeatable, "
-                                    "e.g. --where pruned_tokens=preserve --where seed=0."),
+    sort: Optional[str] = typer.Option(
+        None,
+        "--sort",
+        help="Sort by a column, best first (box_ap, "
+        "mask_ap, latency_full, speedup_full, ...); prefix '-' to reverse.",
+    ),
+    where: list[str] = typer.Option(
+        [],
+        "--where",
+        help="Keep runs with AXIS=VALUE; repeatable, e.g. --where pruned_tokens=preserve --where seed=0.",
+    ),
     fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json | latex."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw box/mask AP vs latency (marker: "
-                                        "pruned tokens/reactivation, colour: rate/selector, dense line, Pareto "
-                                        "front) to this .png, .pdf or .svg file."),
-    paper: bool = typer.Option(False, "--paper", help="Add a verdict on each of the paper's four findings "
-                               "and the best pruned cell beside the paper's headline numbers."),
-    margin: float = typer.Option(0.5, "--margin", help="Equivalence margin (AP points) for the finding "
-                                 "'MLP selector as good as gating': reproduced when the 95 % interval lies "
-                                 "within ±MARGIN."),
+    plot: Optional[Path] = typer.Option(
+        None,
+        "--plot",
+        help="Also draw box/mask AP vs latency (marker: "
+        "pruned tokens/reactivation, colour: rate/selector, dense line, Pareto "
+        "front) to this .png, .pdf or .svg file.",
+    ),
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help="Add a verdict on each of the paper's four findings "
+        "and the best pruned cell beside the paper's headline numbers.",
+    ),
+    margin: float = typer.Option(
+        0.5,
+        "--margin",
+        help="Equivalence margin (AP points) for the finding "
+        "'MLP selector as good as gating': reproduced when the 95 % interval lies "
+        "within ±MARGIN.",
+    ),
 ) -> None:
     """Results -> tables: AP, change and speed-up vs dense, latency, keep ratio, GFLOPs, per-axis
     effects with 95 % t-intervals; --paper adds the verdicts on the paper's findings."""
     from .report import run_report
 
-    raise typer.Exit(run_report(results, fmt=fmt, out=out, plot=plot, where=where, sort=sort, paper=paper,
-                                margin=margin))
+    raise typer.Exit(
+        run_report(results, fmt=fmt, out=out, plot=plot, where=where, sort=sort, paper=paper, margin=margin)
+    )
 
 
 @app.command()
 def weights(
-    path: Path = typer.Argument(..., help="ImageNet DeiT checkpoint: official DeiT .pth, timm .pth/.bin "
-                                "or .safetensors."),
+    path: Path = typer.Argument(
+        ..., help="ImageNet DeiT checkpoint: official DeiT .pth, timm .pth/.bin or .safetensors."
+    ),
     arch: str = typer.Option("deit-small", "--arch", help="deit-tiny | deit-small | deit-base."),
 ) -> None:
     """Check a pretrained checkpoint before a long job: load it the way a run would and list what it
@@ -87,7 +110,9 @@ def status(
 
 @app.command()
 def viz(
-    run: Path = typer.Argument(..., help="A run folder (its config.py and newest checkpoint) or a config file."),
+    run: Path = typer.Argument(
+        ..., help="A run folder (its config.py and newest checkpoint) or a config file."
+    ),
     image: Path = typer.Argument(..., help="The image to draw the kept tokens over."),
     out: Path = typer.Option(..., "--out", help="Output PNG: one panel per pruning layer."),
 ) -> None:
@@ -107,7 +132,7 @@ def _grid_errors(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (GridError, FileNotFoundError, NotADirectoryError) as e:
         Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -128,18 +153,28 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="Write configs and show the plan; run nothing."),
     executor: str = typer.Option("local", help="local (this machine) or slurm (submitit)."),
     gpus: Optional[str] = typer.Option(None, help="Local GPU ids to use as device slots, e.g. 0,1,2,3."),
-    max_parallel: int = typer.Option(1, help="Local CPU runs at once (ignored with --gpus); they share "
-                                     "the cores, so their latency figures are not comparable."),
-    gpus_per_job: Optional[int] = typer.Option(None, help="GPUs per run (local: slot size; slurm: GPUs per job)."),
-    partition: Optional[str] = typer.Option(None, help="Slurm partition (overrides the grid's slurm.partition)."),
+    max_parallel: int = typer.Option(
+        1,
+        help="Local CPU runs at once (ignored with --gpus); they share "
+        "the cores, so their latency figures are not comparable.",
+    ),
+    gpus_per_job: Optional[int] = typer.Option(
+        None, help="GPUs per run (local: slot size; slurm: GPUs per job)."
+    ),
+    partition: Optional[str] = typer.Option(
+        None, help="Slurm partition (overrides the grid's slurm.partition)."
+    ),
     time: Optional[str] = typer.Option(None, help="Slurm time limit, e.g. 24:00:00."),
     account: Optional[str] = typer.Option(None, help="Slurm account."),
     qos: Optional[str] = typer.Option(None, help="Slurm QOS."),
     cpus_per_task: Optional[int] = typer.Option(None, help="Slurm CPUs per task."),
     mem: Optional[str] = typer.Option(None, help="Slurm memory per node, e.g. 64G."),
     wait: bool = typer.Option(False, help="Slurm: block until every submitted job has ended."),
-    detach: bool = typer.Option(False, help="Local: jobs go on if this command dies or is interrupted "
-                                "(without it they end with it); re-running the sweep waits for them."),
+    detach: bool = typer.Option(
+        False,
+        help="Local: jobs go on if this command dies or is interrupted "
+        "(without it they end with it); re-running the sweep waits for them.",
+    ),
 ) -> None:
     """Run a whole ablation study: grid -> MMDetection configs -> train -> COCO eval -> latency.
 
@@ -149,13 +184,26 @@ def sweep(
     from .sweep import run_sweep
 
     if executor == "local":
-        options = dict(max_parallel=max_parallel, gpus=gpus.split(",") if gpus else None,
-                       gpus_per_job=gpus_per_job or 1, detach=detach)
+        options = dict(
+            max_parallel=max_parallel,
+            gpus=gpus.split(",") if gpus else None,
+            gpus_per_job=gpus_per_job or 1,
+            detach=detach,
+        )
     else:
-        options = dict(partition=partition, time=time, account=account, qos=qos, mem=mem,
-                       cpus_per_task=cpus_per_task, gpus_per_job=gpus_per_job, wait=wait)
-    states = _grid_errors(run_sweep, grid, results, executor=executor, executor_options=options,
-                          dry_run=dry_run)
+        options = dict(
+            partition=partition,
+            time=time,
+            account=account,
+            qos=qos,
+            mem=mem,
+            cpus_per_task=cpus_per_task,
+            gpus_per_job=gpus_per_job,
+            wait=wait,
+        )
+    states = _grid_errors(
+        run_sweep, grid, results, executor=executor, executor_options=options, dry_run=dry_run
+    )
     if any(s == "failed" for s in (states or {}).values()):
         raise typer.Exit(1)
 
@@ -176,7 +224,7 @@ def data_subset(
         root = coco_subset(coco_root, split, n, seed, out=out, overwrite=overwrite)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(f"wrote {n} images of {split} to {root}; use it as data.root")
 
 
@@ -186,7 +234,9 @@ def data_synth(
     num_train: int = typer.Option(200, help="Training images."),
     num_val: int = typer.Option(50, help="Validation images."),
     size: str = typer.Option("128x128", help="Image size HxW (or one number for square images)."),
-    classes: int = typer.Option(3, help="Number of shape classes (1-6: circle, square, triangle, star, ellipse, diamond)."),
+    classes: int = typer.Option(
+        3, help="Number of shape classes (1-6: circle, square, triangle, star, ellipse, diamond)."
+    ),
     max_objects: int = typer.Option(3, help="Most objects per image."),
     seed: int = typer.Option(0, help="Random seed; the same options give identical files."),
 ) -> None:
@@ -194,33 +244,52 @@ def data_synth(
     from .data import make_synthetic_coco, parse_size
 
     try:
-        info = make_synthetic_coco(out, num_train=num_train, num_val=num_val, image_size=parse_size(size),
-                                   num_classes=classes, max_objects=max_objects, seed=seed)
+        info = make_synthetic_coco(
+            out,
+            num_train=num_train,
+            num_val=num_val,
+            image_size=parse_size(size),
+            num_classes=classes,
+            max_objects=max_objects,
+            seed=seed,
+        )
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"wrote {info['train']['images']} train + {info['val']['images']} val images "
-               f"({', '.join(info['classes'])}) to {out}")
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"wrote {info['train']['images']} train + {info['val']['images']} val images "
+        f"({', '.join(info['classes'])}) to {out}"
+    )
 
 
 @app.command()
 def bench(
     arch: str = typer.Option("deit-small", help="Backbone: deit-tiny | deit-small | deit-base."),
-    input_size: str = typer.Option("800x1344", "--input-size", help="Size HxW of the random input "
-                                   "(without --images)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Time real images instead: a folder "
-                                          "of images or a COCO annotation file (its first --num-images "
-                                          "images, through the config's test pipeline)."),
+    input_size: str = typer.Option(
+        "800x1344", "--input-size", help="Size HxW of the random input (without --images)."
+    ),
+    images: Optional[Path] = typer.Option(
+        None,
+        "--images",
+        help="Time real images instead: a folder "
+        "of images or a COCO annotation file (its first --num-images "
+        "images, through the config's test pipeline).",
+    ),
     num_images: int = typer.Option(20, "--num-images", min=1, help="Images taken from --images."),
     batch: int = typer.Option(1, help="Images per forward."),
     warmup: int = typer.Option(2, help="Untimed calls per model and part before timing."),
-    repeats: int = typer.Option(5, help="Timed rounds over the inputs (median, mean of the middle "
-                                "50 % and p90 reported)."),
+    repeats: int = typer.Option(
+        5, help="Timed rounds over the inputs (median, mean of the middle 50 % and p90 reported)."
+    ),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
     dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (autocast)."),
     rate: str = typer.Option("fixed", help="Pruned model's rate: fixed | dynamic."),
-    sparse_mode: str = typer.Option("auto", "--sparse-mode", help="Pruned blocks at batch > 1 with "
-                                    "per-image counts: auto (padded on CUDA, loop on CPU) | loop | padded."),
+    sparse_mode: str = typer.Option(
+        "auto",
+        "--sparse-mode",
+        help="Pruned blocks at batch > 1 with "
+        "per-image counts: auto (padded on CUDA, loop on CPU) | loop | padded.",
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     backbone_only: bool = typer.Option(False, "--backbone-only", help="Skip the whole-detector timing."),
 ) -> None:
@@ -228,21 +297,34 @@ def bench(
     try:
         h, w = (int(v) for v in input_size.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"expected HxW, e.g. 800x1344, got {input_size!r}",
-                                 param_hint="--input-size") from None
+        raise typer.BadParameter(
+            f"expected HxW, e.g. 800x1344, got {input_size!r}", param_hint="--input-size"
+        ) from None
     from .bench import DTYPES, run_bench
     from .models.blocks import SPARSE_MODES
 
     if dtype not in DTYPES:
         raise typer.BadParameter(f"{dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
     if sparse_mode not in SPARSE_MODES:
-        raise typer.BadParameter(f"{sparse_mode!r}: use one of {', '.join(SPARSE_MODES)}",
-                                 param_hint="--sparse-mode")
+        raise typer.BadParameter(
+            f"{sparse_mode!r}: use one of {', '.join(SPARSE_MODES)}", param_hint="--sparse-mode"
+        )
     try:
-        run_bench(arch=arch, input_size=(h, w), batch=batch, warmup=warmup, repeats=repeats, device=device,
-                  rate=rate, json_out=str(json_out) if json_out else None, backbone_only=backbone_only,
-                  images=str(images) if images else None, num_images=num_images, dtype=dtype,
-                  sparse_mode=sparse_mode)
+        run_bench(
+            arch=arch,
+            input_size=(h, w),
+            batch=batch,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            rate=rate,
+            json_out=str(json_out) if json_out else None,
+            backbone_only=backbone_only,
+            images=str(images) if images else None,
+            num_images=num_images,
+            dtype=dtype,
+            sparse_mode=sparse_mode,
+        )
     except (FileNotFoundError, ValueError) as e:  # --images that hold no usable images
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -1,5 +1,6 @@
 """Datasets: a built-in synthetic COCO-format set (coloured shapes with instance masks) for CPU
 smoke runs, a real-COCO subset builder, and the COCO folder check run before any job starts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +23,9 @@ _MARGIN = 2  # minimum gap in pixels between two objects' masks
 _TRIES = 30  # placement attempts per object before it is dropped
 
 
-_PALETTE = np.array([(230, 40, 40), (40, 210, 60), (60, 100, 250), (240, 220, 40), (220, 50, 220),
-                     (40, 220, 220)])  # per-class colours (colour_by_class), one per SHAPES entry
+_PALETTE = np.array(
+    [(230, 40, 40), (40, 210, 60), (60, 100, 250), (240, 220, 40), (220, 50, 220), (40, 220, 220)]
+)  # per-class colours (colour_by_class), one per SHAPES entry
 
 
 def _unit_polygon(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -38,9 +41,14 @@ def _unit_polygon(kind: str, rng: np.random.Generator) -> np.ndarray:
         a = np.linspace(0, 2 * np.pi, 10, endpoint=False) - np.pi / 2
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
         return np.stack([r * np.cos(a), r * np.sin(a)], 1)
-    return np.array({"square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
-                     "triangle": [(0, -1), (1, 1), (-1, 1)],
-                     "diamond": [(0, -1), (1, 0), (0, 1), (-1, 0)]}[kind], dtype=float)
+    return np.array(
+        {
+            "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
+            "triangle": [(0, -1), (1, 1), (-1, 1)],
+            "diamond": [(0, -1), (1, 0), (0, 1), (-1, 0)],
+        }[kind],
+        dtype=float,
+    )
 
 
 def _colour_far_from(bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -74,8 +82,9 @@ def _render(rng: np.random.Generator, h: int, w: int, p: dict) -> tuple[np.ndarr
         else:
             continue
         blocked |= cv2.dilate(np.ascontiguousarray(m), kernel)
-        colour = (_PALETTE[cat] + rng.integers(-20, 21, 3) if p["colour_by_class"]
-                  else _colour_far_from(bg, rng))
+        colour = (
+            _PALETTE[cat] + rng.integers(-20, 21, 3) if p["colour_by_class"] else _colour_far_from(bg, rng)
+        )
         img[m.astype(bool)] = colour
         objects.append(dict(category_id=cat + 1, polygon=poly, rle=rle))
     img += rng.integers(-_NOISE, _NOISE + 1, img.shape, dtype=np.int16)
@@ -94,20 +103,32 @@ def synthetic_params(params: dict | None = None) -> dict:
     if len(p["image_size"]) != 2 or min(p["image_size"]) < 16:
         raise ValueError(f"image_size must be (H, W) with sides >= 16, got {size!r}")
     if not 1 <= p["num_classes"] <= len(SHAPES):
-        raise ValueError(f"num_classes must be 1..{len(SHAPES)} ({', '.join(SHAPES)}), "
-                         f"got {p['num_classes']}")
+        raise ValueError(
+            f"num_classes must be 1..{len(SHAPES)} ({', '.join(SHAPES)}), got {p['num_classes']}"
+        )
     if not 0 < p["min_size"] <= p["max_size"] <= 1:
-        raise ValueError(f"need 0 < min_size <= max_size <= 1 (fractions of the shorter image side), "
-                         f"got {p['min_size']}, {p['max_size']}")
+        raise ValueError(
+            f"need 0 < min_size <= max_size <= 1 (fractions of the shorter image side), "
+            f"got {p['min_size']}, {p['max_size']}"
+        )
     if p["max_objects"] < 1 or p["num_train"] < 0 or p["num_val"] < 0:
         raise ValueError("max_objects must be >= 1 and num_train/num_val >= 0")
     return p
 
 
-def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: int = 50,
-                        image_size: Sequence[int] = (128, 128), num_classes: int = 3,
-                        max_objects: int = 3, min_size: float = 0.25, max_size: float = 0.5,
-                        colour_by_class: bool = False, seed: int = 0) -> dict:
+def make_synthetic_coco(
+    out_dir: Path | str,
+    *,
+    num_train: int = 200,
+    num_val: int = 50,
+    image_size: Sequence[int] = (128, 128),
+    num_classes: int = 3,
+    max_objects: int = 3,
+    min_size: float = 0.25,
+    max_size: float = 0.5,
+    colour_by_class: bool = False,
+    seed: int = 0,
+) -> dict:
     """Write a deterministic COCO-format set of coloured shapes (class = shape kind, colours random,
     or one colour per class with `colour_by_class` for the easiest set; sizes are fractions of the
     shorter side, masks never overlap) into an empty or new `out_dir`:
@@ -117,15 +138,25 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
     from PIL import Image
     from pycocotools import mask as mask_utils
 
-    p = synthetic_params(dict(num_train=num_train, num_val=num_val, image_size=image_size,
-                              num_classes=num_classes, max_objects=max_objects, min_size=min_size,
-                              max_size=max_size, colour_by_class=colour_by_class, seed=seed))
+    p = synthetic_params(
+        dict(
+            num_train=num_train,
+            num_val=num_val,
+            image_size=image_size,
+            num_classes=num_classes,
+            max_objects=max_objects,
+            min_size=min_size,
+            max_size=max_size,
+            colour_by_class=colour_by_class,
+            seed=seed,
+        )
+    )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new folder for the synthetic set")
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     h, w = p["image_size"]
-    classes = list(SHAPES[:p["num_classes"]])
+    classes = list(SHAPES[: p["num_classes"]])
     categories = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(classes)]
     summary = dict(classes=classes, params={**p, "image_size": [h, w]})
     for split_id, split in enumerate(("train", "val")):
@@ -137,12 +168,24 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
             Image.fromarray(img).save(out / split / name, compress_level=1)
             images.append(dict(id=i + 1, file_name=name, height=h, width=w))
             for o in objects:
-                anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=o["category_id"],
-                                 bbox=[float(v) for v in mask_utils.toBbox(o["rle"])],
-                                 area=float(mask_utils.area(o["rle"])), iscrowd=0,
-                                 segmentation=[o["polygon"]]))
-        coco = dict(info=dict(description="prunebench synthetic shapes", version=str(_VERSION)),
-                    licenses=[], images=images, annotations=anns, categories=categories)
+                anns.append(
+                    dict(
+                        id=len(anns) + 1,
+                        image_id=i + 1,
+                        category_id=o["category_id"],
+                        bbox=[float(v) for v in mask_utils.toBbox(o["rle"])],
+                        area=float(mask_utils.area(o["rle"])),
+                        iscrowd=0,
+                        segmentation=[o["polygon"]],
+                    )
+                )
+        coco = dict(
+            info=dict(description="prunebench synthetic shapes", version=str(_VERSION)),
+            licenses=[],
+            images=images,
+            annotations=anns,
+            categories=categories,
+        )
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
         summary[split] = dict(images=len(images), annotations=len(anns))
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2))
@@ -150,8 +193,10 @@ def make_synthetic_coco(out_dir: Path | str, *, num_train: int = 200, num_val: i
 
 
 SYNTH_DEFAULTS: dict[str, Any] = {  # the generator's keyword defaults
-    k: v.default for k, v in inspect.signature(make_synthetic_coco).parameters.items()
-    if v.kind == v.KEYWORD_ONLY}
+    k: v.default
+    for k, v in inspect.signature(make_synthetic_coco).parameters.items()
+    if v.kind == v.KEYWORD_ONLY
+}
 
 
 def default_cache_root() -> Path:
@@ -201,11 +246,16 @@ def _load_coco_json(path: Path) -> dict:
         coco = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-download or rebuild it") from None
-    missing = [k for k in ("images", "annotations", "categories")
-               if not isinstance(coco, dict) or not isinstance(coco.get(k), list)]
+    missing = [
+        k
+        for k in ("images", "annotations", "categories")
+        if not isinstance(coco, dict) or not isinstance(coco.get(k), list)
+    ]
     if missing:
-        raise ValueError(f"{path} is not a COCO instances file: no {'/'.join(missing)} list; "
-                         "point it at annotations/instances_<split>.json")
+        raise ValueError(
+            f"{path} is not a COCO instances file: no {'/'.join(missing)} list; "
+            "point it at annotations/instances_<split>.json"
+        )
     return coco
 
 
@@ -231,13 +281,22 @@ def _checked_coco(root: Path | str, ann_file: Path | str, img_dir: Path | str) -
     if not coco["categories"]:
         raise ValueError(f"{ann} has no categories")
     if coco["images"] and not (imgs / coco["images"][0]["file_name"]).exists():
-        raise FileNotFoundError(f"image {imgs / coco['images'][0]['file_name']} (first in {ann}) not found; "
-                                "check that the image folder matches the annotation file")
+        raise FileNotFoundError(
+            f"image {imgs / coco['images'][0]['file_name']} (first in {ann}) not found; "
+            "check that the image folder matches the annotation file"
+        )
     return coco
 
 
-def coco_subset(coco_root: Path | str, split: str = "val2017", n: int = 500, seed: int = 0, *,
-                out: Path | str, overwrite: bool = False) -> Path:
+def coco_subset(
+    coco_root: Path | str,
+    split: str = "val2017",
+    n: int = 500,
+    seed: int = 0,
+    *,
+    out: Path | str,
+    overwrite: bool = False,
+) -> Path:
     """Write `out/annotations/instances_<split>.json` with `n` seeded random images of a COCO split
     and only their annotations (other top-level keys kept), and `out/<split>/` with symlinks to
     the original images. Other splits already in `out` are left alone. Returns `out`."""
@@ -250,13 +309,16 @@ def coco_subset(coco_root: Path | str, split: str = "val2017", n: int = 500, see
     picked = [images[i] for i in sorted(np.random.default_rng(seed).choice(len(images), n, replace=False))]
     missing = [im["file_name"] for im in picked if not (root / img_rel / im["file_name"]).exists()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} chosen images missing from {root / img_rel}, "
-                                f"e.g. {missing[0]}; check the COCO download")
+        raise FileNotFoundError(
+            f"{len(missing)} chosen images missing from {root / img_rel}, "
+            f"e.g. {missing[0]}; check the COCO download"
+        )
     out_ann, out_img = out / ann_rel, out / img_rel
     if out_ann.exists() or (out_img.exists() and any(out_img.iterdir())):
         if not overwrite:
-            raise FileExistsError(f"{out_ann} or {out_img}/ already exists; "
-                                  "pass --overwrite or another --out")
+            raise FileExistsError(
+                f"{out_ann} or {out_img}/ already exists; pass --overwrite or another --out"
+            )
         if out_img.exists() and not all(f.is_symlink() for f in out_img.iterdir()):
             raise FileExistsError(f"{out_img} holds real files, not a subset's symlinks; not overwriting it")
         shutil.rmtree(out_img, ignore_errors=True)

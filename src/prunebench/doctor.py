@@ -1,16 +1,24 @@
 """``prunebench doctor``: is the installed stack complete and does it really run?"""
+
 from __future__ import annotations
 
 import importlib
 import platform
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
 
 FIX_SETUP = "run `make setup` (it rebuilds .venv with the pinned stack)"
-PACKAGES = [("torch", "2.9.1"), ("torchvision", "0.24.1"), ("mmcv", "2.1.0"), ("mmdet", "3.3.0"),
-            ("mmengine", "0.10.7"), ("timm", None), ("pycocotools", None)]
+PACKAGES = [
+    ("torch", "2.9.1"),
+    ("torchvision", "0.24.1"),
+    ("mmcv", "2.1.0"),
+    ("mmdet", "3.3.0"),
+    ("mmengine", "0.10.7"),
+    ("timm", None),
+    ("pycocotools", None),
+]
 
 
 def _version(name: str) -> str:
@@ -29,7 +37,8 @@ def _check_ops() -> str:
         raise RuntimeError(f"nms kept {keep.tolist()}, expected [0, 2]")
     feat = torch.arange(16.0).view(1, 1, 4, 4)
     out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(
-        feat, torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]]))
+        feat, torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]])
+    )
     if out.shape != (1, 1, 2, 2) or not torch.isfinite(out).all():
         raise RuntimeError(f"RoIAlign returned {tuple(out.shape)}")
     return "nms and RoIAlign ran on CPU" + (" (CUDA ops built)" if _cuda_ops() else "")
@@ -56,8 +65,9 @@ def _check_cuda() -> str:
 
 
 def _check_models() -> str:
-    import prunebench.models  # noqa: F401
     from mmdet.registry import MODELS
+
+    import prunebench.models  # noqa: F401
 
     missing = [m for m in ("PrunedViT", "PrunedMaskRCNN") if MODELS.get(m) is None]
     if missing:
@@ -67,6 +77,7 @@ def _check_models() -> str:
 
 def checks() -> list[tuple[str, Callable[[], str], str, bool]]:
     """(name, check returning a detail, fix, required)."""
+
     def python() -> str:
         if platform.python_version_tuple()[:2] != ("3", "11"):
             raise RuntimeError(f"{platform.python_version()} found, 3.11 required")
@@ -74,17 +85,25 @@ def checks() -> list[tuple[str, Callable[[], str], str, bool]]:
 
     rows = [("python", python, "use Python 3.11 (PYTHON=python3.11 make setup)", True)]
     for pkg, pin in PACKAGES:
+
         def check(pkg=pkg, pin=pin):
             v = _version(pkg)
             importlib.import_module(pkg)
             if pin and not v.startswith(pin):
                 raise RuntimeError(f"{v} installed, {pin} pinned")
             return v
+
         rows.append((pkg, check, FIX_SETUP, True))
-    rows += [("mmcv compiled ops", _check_ops, "MMCV ops missing: run `make setup` (builds MMCV with "
-              "MMCV_WITH_OPS=1)", True),
-             ("cuda", _check_cuda, "install an NVIDIA driver to use GPUs", False),
-             ("prunebench models", _check_models, FIX_SETUP, True)]
+    rows += [
+        (
+            "mmcv compiled ops",
+            _check_ops,
+            "MMCV ops missing: run `make setup` (builds MMCV with MMCV_WITH_OPS=1)",
+            True,
+        ),
+        ("cuda", _check_cuda, "install an NVIDIA driver to use GPUs", False),
+        ("prunebench models", _check_models, FIX_SETUP, True),
+    ]
     return rows
 
 
@@ -98,7 +117,7 @@ def run_doctor(console: Console | None = None) -> int:
     for name, check, fix, required in checks():
         try:
             table.add_row(name, "[green]ok[/]", check(), "")
-        except Exception as e:  # noqa: BLE001 - every failure becomes a row
+        except Exception as e:
             failed += required
             status = "[red]FAIL[/]" if required else "[yellow]warn[/]"
             table.add_row(name, status, f"{type(e).__name__}: {e}"[:200], fix)

@@ -4,8 +4,10 @@ Validation reads only the grid file (and checks that a pretrained checkpoint exi
 checks happen when a sweep is prepared (:mod:`prunebench.sweep`), expansion into runs in
 :mod:`prunebench.spec`.
 """
+
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
@@ -18,30 +20,88 @@ import yaml
 from .axes import ARCHS, AXIS_DEFAULTS, PRUNING_AXES, REFERENCE_LAYERS, REFERENCE_RATIOS
 from .configs import TEMPLATES, base_path
 
-SECTIONS = ("name", "base", "backbone", "data", "schedule", "bench", "axes", "per_value", "exclude",
-            "include", "seeds", "overrides", "slurm")
-BACKBONE_KEYS = ("arch", "embed_dim", "depth", "num_heads", "prune_layers", "keep_ratios", "tau",
-                 "out_channels", "drop_path_rate", "pretrained")
+SECTIONS = (
+    "name",
+    "base",
+    "backbone",
+    "data",
+    "schedule",
+    "bench",
+    "axes",
+    "per_value",
+    "exclude",
+    "include",
+    "seeds",
+    "overrides",
+    "slurm",
+)
+BACKBONE_KEYS = (
+    "arch",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "prune_layers",
+    "keep_ratios",
+    "tau",
+    "out_channels",
+    "drop_path_rate",
+    "pretrained",
+)
 DATA_KEYS = {
-    "synthetic": ("type", "num_train", "num_val", "image_size", "num_classes", "max_objects",
-                  "min_size", "max_size", "colour_by_class",
-                  "seed", "cache_dir", "batch_size", "num_workers", "img_scale"),
-    "coco": ("type", "root", "train_ann", "train_img", "val_ann", "val_img", "batch_size",
-             "num_workers", "img_scale"),
+    "synthetic": (
+        "type",
+        "num_train",
+        "num_val",
+        "image_size",
+        "num_classes",
+        "max_objects",
+        "min_size",
+        "max_size",
+        "colour_by_class",
+        "seed",
+        "cache_dir",
+        "batch_size",
+        "num_workers",
+        "img_scale",
+    ),
+    "coco": (
+        "type",
+        "root",
+        "train_ann",
+        "train_img",
+        "val_ann",
+        "val_img",
+        "batch_size",
+        "num_workers",
+        "img_scale",
+    ),
 }
-COCO_DEFAULTS = {"train_ann": "annotations/instances_train2017.json", "train_img": "train2017/",
-                 "val_ann": "annotations/instances_val2017.json", "val_img": "val2017/"}
-SCHEDULE_KEYS = ("dense", "finetune", "warmup_iters", "checkpoint_interval", "log_interval",
-                 "keep_ratio_loss_weight", "clip_grad", "amp")
+COCO_DEFAULTS = {
+    "train_ann": "annotations/instances_train2017.json",
+    "train_img": "train2017/",
+    "val_ann": "annotations/instances_val2017.json",
+    "val_img": "val2017/",
+}
+SCHEDULE_KEYS = (
+    "dense",
+    "finetune",
+    "warmup_iters",
+    "checkpoint_interval",
+    "log_interval",
+    "keep_ratio_loss_weight",
+    "clip_grad",
+    "amp",
+)
 STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_iters")
 #: The paper's stages (official configs): dense AdamW 1e-4 / wd 0.05 for 36 epochs; pruned
 #: finetune AdamW 1e-5 / wd 1e-6. A finetune never inherits the dense lr or weight decay.
-STAGE_DEFAULTS = {"dense": {"epochs": 36, "lr": 1e-4, "weight_decay": 0.05},
-                  "finetune": {"epochs": 6, "lr": 1e-5, "weight_decay": 1e-6}}
+STAGE_DEFAULTS = {
+    "dense": {"epochs": 36, "lr": 1e-4, "weight_decay": 0.05},
+    "finetune": {"epochs": 6, "lr": 1e-5, "weight_decay": 1e-6},
+}
 BENCH_KEYS = ("images", "warmup", "repeats", "dtype")
 DTYPES = ("fp32", "fp16", "bf16")
-SLURM_KEYS = ("partition", "gpus_per_job", "cpus_per_task", "mem", "time", "account", "qos",
-              "sbatch_args")
+SLURM_KEYS = ("partition", "gpus_per_job", "cpus_per_task", "mem", "time", "account", "qos", "sbatch_args")
 #: grid sections a `per_value` setting may change (besides dotted MMEngine config keys).
 PER_VALUE_SECTIONS = ("backbone", "schedule")
 
@@ -91,10 +151,8 @@ def _key_lines(text: str) -> dict[str, int]:
                 lines[path] = v.start_mark.line + 1
                 walk(v, path)
 
-    try:
+    with contextlib.suppress(yaml.YAMLError):  # a syntax error is reported by safe_load
         walk(yaml.compose(text), "")
-    except yaml.YAMLError:
-        pass
     return lines
 
 
@@ -113,8 +171,11 @@ class _Checker:
         if mapping is None:
             return {}
         if not isinstance(mapping, dict):
-            raise self.fail(section, f"expected a mapping, got {type(mapping).__name__}",
-                            f"write `{section}:` followed by indented `key: value` lines")
+            raise self.fail(
+                section,
+                f"expected a mapping, got {type(mapping).__name__}",
+                f"write `{section}:` followed by indented `key: value` lines",
+            )
         for key in mapping:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -141,34 +202,43 @@ class _Checker:
         """A pretrained checkpoint path, relative to the grid file, then the working directory."""
         self.typed(key, value, str, "the path of an ImageNet DeiT checkpoint")
         raw = Path(value).expanduser()
-        for cand in ([raw] if raw.is_absolute() else [grid_path.parent / raw, raw]):
+        for cand in [raw] if raw.is_absolute() else [grid_path.parent / raw, raw]:
             if cand.is_file():
                 return str(cand.resolve())
-        raise self.fail(key, f"checkpoint {value!r} not found (looked next to {grid_path.name} and "
-                        "in the working directory)", "download the ImageNet DeiT weights (README, "
-                        "'Pretrained weights') or correct the path; "
-                        "`prunebench weights PATH --arch ARCH` checks a file")
+        raise self.fail(
+            key,
+            f"checkpoint {value!r} not found (looked next to {grid_path.name} and in the working directory)",
+            "download the ImageNet DeiT weights (README, "
+            "'Pretrained weights') or correct the path; "
+            "`prunebench weights PATH --arch ARCH` checks a file",
+        )
 
 
 def load_grid(path: str | Path) -> Grid:
     """Read and validate a grid YAML file; raises GridError naming file, key, line and fix."""
     path = Path(path)
     if not path.is_file():
-        raise GridError(f"{path}: grid file not found. Fix: pass the path of a grid YAML such as "
-                        "ablations/smoke.yaml")
+        raise GridError(
+            f"{path}: grid file not found. Fix: pass the path of a grid YAML such as ablations/smoke.yaml"
+        )
     text = path.read_text()
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise GridError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}). Fix: check the "
-                        "indentation and quoting on that line") from None
+        raise GridError(
+            f"{where}: not valid YAML ({getattr(e, 'problem', e)}). Fix: check the "
+            "indentation and quoting on that line"
+        ) from None
     lines = _key_lines(text)
     c = _Checker(path, lines)
     if not isinstance(raw, dict):
-        raise c.fail("(top level)", "expected a mapping of sections", f"start with `name: ...`; "
-                     f"sections: {', '.join(SECTIONS)}")
+        raise c.fail(
+            "(top level)",
+            "expected a mapping of sections",
+            f"start with `name: ...`; sections: {', '.join(SECTIONS)}",
+        )
     raw = c.known("", raw, SECTIONS)
     if "name" not in raw:
         raise c.fail("name", "missing", "add `name: my-sweep` (the results folder name)")
@@ -177,8 +247,11 @@ def load_grid(path: str | Path) -> Grid:
         raise c.fail("name", f"{name!r} is not a safe folder name", "use letters, digits, - _ .")
     base = str(c.typed("base", raw.get("base", "mask-rcnn-vit"), str, "a template name or path"))
     if base_path(path, base) is None:
-        raise c.fail("base", f"{base!r} is neither a built-in template nor an existing file",
-                     f"use one of {', '.join(TEMPLATES)} or the path of an MMDetection config")
+        raise c.fail(
+            "base",
+            f"{base!r} is neither a built-in template nor an existing file",
+            f"use one of {', '.join(TEMPLATES)} or the path of an MMDetection config",
+        )
     backbone = _check_backbone(c, raw.get("backbone"), path)
     data = _check_data(c, raw.get("data"))
     schedule = _check_schedule(c, raw.get("schedule"))
@@ -189,36 +262,71 @@ def load_grid(path: str | Path) -> Grid:
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise c.fail("seeds", f"expected a non-empty list of integers, got {seeds!r}",
-                     "write e.g. `seeds: [0, 1, 2]`")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise c.fail(
+            "seeds", f"expected a non-empty list of integers, got {seeds!r}", "write e.g. `seeds: [0, 1, 2]`"
+        )
     overrides = c.typed("overrides", raw.get("overrides") or {}, dict, "a mapping of dotted keys")
     for key in overrides:
         if "." not in str(key):
-            raise c.fail(f"overrides.{key}", "not a dotted MMEngine config key",
-                         "write the full key, e.g. `optim_wrapper.optimizer.lr: 0.0001`")
+            raise c.fail(
+                f"overrides.{key}",
+                "not a dotted MMEngine config key",
+                "write the full key, e.g. `optim_wrapper.optimizer.lr: 0.0001`",
+            )
     exclude = _check_points(c, "exclude", raw.get("exclude"), axes, named=False)
     include = _check_points(c, "include", raw.get("include"), axes, named=True)
-    return Grid(path, name, base, backbone, data, schedule, bench, axes, per_value, exclude,
-                include, sorted(set(seeds)), overrides, slurm, lines)
+    return Grid(
+        path,
+        name,
+        base,
+        backbone,
+        data,
+        schedule,
+        bench,
+        axes,
+        per_value,
+        exclude,
+        include,
+        sorted(set(seeds)),
+        overrides,
+        slurm,
+        lines,
+    )
 
 
 def _check_backbone(c: _Checker, raw: Any, grid_path: Path) -> dict:
-    bb = {"arch": "deit-small", "prune_layers": REFERENCE_LAYERS, "keep_ratios": REFERENCE_RATIOS,
-          **c.known("backbone", raw, BACKBONE_KEYS)}
+    bb = {
+        "arch": "deit-small",
+        "prune_layers": REFERENCE_LAYERS,
+        "keep_ratios": REFERENCE_RATIOS,
+        **c.known("backbone", raw, BACKBONE_KEYS),
+    }
     if bb["arch"] not in ARCHS:
         raise c.fail("backbone.arch", f"unknown arch {bb['arch']!r}", f"use one of {', '.join(ARCHS)}")
     layers, ratios = bb["prune_layers"], bb["keep_ratios"]
     if not isinstance(layers, list) or not isinstance(ratios, list) or len(layers) != len(ratios):
-        raise c.fail("backbone.keep_ratios", "prune_layers and keep_ratios must be lists of the "
-                     "same length", "give one keep ratio per pruning layer")
+        raise c.fail(
+            "backbone.keep_ratios",
+            "prune_layers and keep_ratios must be lists of the same length",
+            "give one keep ratio per pruning layer",
+        )
     if not layers:
-        raise c.fail("backbone.prune_layers", "empty: there would be nothing to ablate",
-                     f"use the reference schedule {REFERENCE_LAYERS}")
+        raise c.fail(
+            "backbone.prune_layers",
+            "empty: there would be nothing to ablate",
+            f"use the reference schedule {REFERENCE_LAYERS}",
+        )
     if not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in ratios):
-        raise c.fail("backbone.keep_ratios", f"ratios must be in (0, 1], got {ratios}",
-                     "use fractions of all tokens such as 0.7")
+        raise c.fail(
+            "backbone.keep_ratios",
+            f"ratios must be in (0, 1], got {ratios}",
+            "use fractions of all tokens such as 0.7",
+        )
     if bb.get("pretrained") is not None:
         bb["pretrained"] = c.checkpoint("backbone.pretrained", bb["pretrained"], grid_path)
     return bb
@@ -251,7 +359,9 @@ def _check_data(c: _Checker, raw: Any) -> dict:
 def _check_stage(c: _Checker, key: str, raw: Any, defaults: dict) -> dict:
     st = c.known(key, raw, STAGE_KEYS)
     if "iters" in st and "epochs" in st:
-        raise c.fail(key, "give exactly one of `iters` or `epochs`", f"e.g. `{{epochs: {defaults['epochs']}}}`")
+        raise c.fail(
+            key, "give exactly one of `iters` or `epochs`", f"e.g. `{{epochs: {defaults['epochs']}}}`"
+        )
     if "iters" not in st and "epochs" not in st:
         st["epochs"] = defaults["epochs"]
     for k in ("iters", "epochs"):
@@ -266,8 +376,11 @@ def _check_stage(c: _Checker, key: str, raw: Any, defaults: dict) -> dict:
         length = st.get("iters", st.get("epochs"))
         ms = st["milestones"]
         if not isinstance(ms, list) or not all(isinstance(m, int) and 0 < m < length for m in ms):
-            raise c.fail(f"{key}.milestones", f"expected increasing integers in (0, {length}), got {ms!r}",
-                         "list the epochs (or iterations) after which the lr drops 10x, e.g. [3]")
+            raise c.fail(
+                f"{key}.milestones",
+                f"expected increasing integers in (0, {length}), got {ms!r}",
+                "list the epochs (or iterations) after which the lr drops 10x, e.g. [3]",
+            )
     return st
 
 
@@ -275,9 +388,12 @@ def _check_schedule(c: _Checker, raw: Any) -> dict:
     if isinstance(raw, dict):
         for moved in ("lr", "weight_decay"):
             if moved in raw:
-                raise c.fail(f"schedule.{moved}", "is set per stage",
-                             f"write `dense: {{..., {moved}: ...}}` and `finetune: {{..., {moved}: ...}}` "
-                             "(a finetune must not inherit the dense value by accident)")
+                raise c.fail(
+                    f"schedule.{moved}",
+                    "is set per stage",
+                    f"write `dense: {{..., {moved}: ...}}` and `finetune: {{..., {moved}: ...}}` "
+                    "(a finetune must not inherit the dense value by accident)",
+                )
     sched = c.known("schedule", raw, SCHEDULE_KEYS)
     for stage, defaults in STAGE_DEFAULTS.items():
         sched[stage] = _check_stage(c, f"schedule.{stage}", sched.get(stage), defaults)
@@ -308,18 +424,27 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
     axes = {}
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
-            raise c.fail(f"axes.{key}", f"expected a non-empty list of values, got {values!r}",
-                         f"write `{key}: [value1, value2]`")
+            raise c.fail(
+                f"axes.{key}",
+                f"expected a non-empty list of values, got {values!r}",
+                f"write `{key}: [value1, value2]`",
+            )
         if key in PRUNING_AXES:
             for i, v in enumerate(values):
                 if v not in PRUNING_AXES[key] or type(v) is not type(PRUNING_AXES[key][0]):
-                    raise c.fail(f"axes.{key}[{i}]", f"unknown value {v!r}",
-                                 f"use values from {list(PRUNING_AXES[key])}")
+                    raise c.fail(
+                        f"axes.{key}[{i}]",
+                        f"unknown value {v!r}",
+                        f"use values from {list(PRUNING_AXES[key])}",
+                    )
         elif "." not in key:
             close = difflib.get_close_matches(key, list(PRUNING_AXES), n=1)
-            hint = (f"did you mean `{close[0]}`?" if close else
-                    f"use a pruning axis ({', '.join(PRUNING_AXES)}) or a dotted MMEngine config "
-                    "key such as model.backbone.arch")
+            hint = (
+                f"did you mean `{close[0]}`?"
+                if close
+                else f"use a pruning axis ({', '.join(PRUNING_AXES)}) or a dotted MMEngine config "
+                "key such as model.backbone.arch"
+            )
             raise c.fail(f"axes.{key}", "unknown axis", hint)
         elif key == "model.backbone.arch":
             for i, v in enumerate(values):
@@ -350,11 +475,11 @@ def _check_per_value(c: _Checker, raw: Any, axes: dict, grid_path: Path) -> dict
         for value, settings in by_value.items():
             vkey = f"{key}.{value}"
             if value not in axes[axis]:
-                raise c.fail(vkey, f"{value!r} is not a value of axes.{axis}",
-                             f"use one of {axes[axis]}")
+                raise c.fail(vkey, f"{value!r} is not a value of axes.{axis}", f"use one of {axes[axis]}")
             settings = c.typed(vkey, settings, dict, "a mapping of setting -> value")
-            out[axis].append((value, {s: _check_setting(c, f"{vkey}.{s}", s, v, grid_path)
-                                      for s, v in settings.items()}))
+            out[axis].append(
+                (value, {s: _check_setting(c, f"{vkey}.{s}", s, v, grid_path) for s, v in settings.items()})
+            )
     return out
 
 
@@ -362,8 +487,12 @@ def _check_setting(c: _Checker, key: str, setting: str, value: Any, grid_path: P
     section, _, rest = str(setting).partition(".")
     if section not in PER_VALUE_SECTIONS:
         if not rest:
-            raise c.fail(key, "unknown setting", "use backbone.<key>, schedule.<stage>.<key> or a "
-                         "dotted MMEngine config key such as model.backbone.drop_path_rate")
+            raise c.fail(
+                key,
+                "unknown setting",
+                "use backbone.<key>, schedule.<stage>.<key> or a "
+                "dotted MMEngine config key such as model.backbone.drop_path_rate",
+            )
         return value
     if section == "backbone":
         c.known("backbone", {rest: value}, BACKBONE_KEYS)
@@ -383,21 +512,26 @@ def _check_points(c: _Checker, section: str, raw: Any, axes: dict, named: bool) 
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise c.fail(section, "expected a list of assignments", f"write `{section}:` then `- {{axis: value}}` items")
+        raise c.fail(
+            section, "expected a list of assignments", f"write `{section}:` then `- {{axis: value}}` items"
+        )
     points = []
     for i, point in enumerate(raw):
         key = f"{section}[{i}]"
         if not isinstance(point, dict) or not point:
-            raise c.fail(key, f"expected a mapping of axis: value, got {point!r}",
-                         "write e.g. `- {pruned_tokens: discard, reactivation: true}`")
+            raise c.fail(
+                key,
+                f"expected a mapping of axis: value, got {point!r}",
+                "write e.g. `- {pruned_tokens: discard, reactivation: true}`",
+            )
         for axis, value in point.items():
             if axis == "name" and named:
                 continue
             if axis in PRUNING_AXES and value not in PRUNING_AXES[axis]:
-                raise c.fail(f"{key}.{axis}", f"unknown value {value!r}",
-                             f"use one of {list(PRUNING_AXES[axis])}")
+                raise c.fail(
+                    f"{key}.{axis}", f"unknown value {value!r}", f"use one of {list(PRUNING_AXES[axis])}"
+                )
             if axis not in PRUNING_AXES and (axis not in axes and (not named or "." not in axis)):
-                raise c.fail(f"{key}.{axis}", "not an axis of this grid",
-                             f"use one of {', '.join(axes)}")
+                raise c.fail(f"{key}.{axis}", "not an axis of this grid", f"use one of {', '.join(axes)}")
         points.append(dict(point))
     return points

@@ -3,6 +3,7 @@
 Run as ``python -m prunebench.job RUN_DIR [--launcher none|pytorch|slurm]``. A run folder with a
 checkpoint resumes from it; a finished run returns its metrics without redoing anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,21 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
+from .results import (
+    CONFIG_FILE,
+    EXIT_LOCKED,
+    LOG_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    WORK_DIR,
+    RunLocked,
+    atomic_write_json,
+    is_finished,
+    read_json,
+    run_lock,
+    write_status,
+)
 from .spec import RunSpec
-from .results import (CONFIG_FILE, EXIT_LOCKED, LOG_FILE, METRICS_FILE, RUN_FILE, WORK_DIR, RunLocked,
-                      atomic_write_json, is_finished, read_json, run_lock, write_status)
 
 
 def _rank() -> int:
@@ -36,8 +49,10 @@ def per_gpu_batch(total: int, gpus: int) -> int:
     if gpus <= 1:
         return total
     if total % gpus:
-        raise ValueError(f"total batch size {total} is not divisible by {gpus} GPUs per job; set "
-                         f"data.batch_size to a multiple of {gpus} (or change gpus_per_job)")
+        raise ValueError(
+            f"total batch size {total} is not divisible by {gpus} GPUs per job; set "
+            f"data.batch_size to a multiple of {gpus} (or change gpus_per_job)"
+        )
     return total // gpus
 
 
@@ -58,8 +73,14 @@ class _StatusHook(Hook):
             return
         self._last = now
         rate = (now - self._t0) / max(1, done - self._start_iter)
-        write_status(self.run_dir, "running", phase="train", iter=done, max_iters=total,
-                     eta_s=round(rate * (total - done), 1))
+        write_status(
+            self.run_dir,
+            "running",
+            phase="train",
+            iter=done,
+            max_iters=total,
+            eta_s=round(rate * (total - done), 1),
+        )
 
 
 def _env() -> dict:
@@ -70,14 +91,29 @@ def _env() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "mmcv": mmcv.__version__,
-            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "timm": timm.__version__,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "host": platform.node(), "git_commit": commit}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mmcv": mmcv.__version__,
+        "mmdet": mmdet.__version__,
+        "mmengine": mmengine.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "host": platform.node(),
+        "git_commit": commit,
+    }
 
 
 def _keep_ratio_recorder(backbone):
@@ -100,16 +136,22 @@ def _keep_ratio_recorder(backbone):
     def result() -> dict:
         handle.remove()
         per_layer = [s / count[0] for s in sums] if count[0] else []
-        return {"mean": sum(per_layer) / len(per_layer) if per_layer else 1.0, "per_layer": per_layer,
-                "images": count[0]}
+        return {
+            "mean": sum(per_layer) / len(per_layer) if per_layer else 1.0,
+            "per_layer": per_layer,
+            "images": count[0],
+        }
 
     return result
 
 
 def _coco_metrics(raw: dict) -> dict:
     coco = {k.split("/", 1)[-1]: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-    return {"box_ap": round(100 * coco.get("bbox_mAP", float("nan")), 2),
-            "mask_ap": round(100 * coco.get("segm_mAP", float("nan")), 2), "coco": coco}
+    return {
+        "box_ap": round(100 * coco.get("bbox_mAP", float("nan")), 2),
+        "mask_ap": round(100 * coco.get("segm_mAP", float("nan")), 2),
+        "coco": coco,
+    }
 
 
 def run_job(run_dir: str | Path, launcher: str = "none") -> dict:
@@ -127,16 +169,23 @@ def _run_locked(run_dir: Path, launcher: str) -> dict:
     spec = RunSpec.from_json(read_json(run_dir / RUN_FILE) or {})
     rank0 = _rank() == 0
     if rank0:
-        write_status(run_dir, "running", phase="setup", log=str(run_dir / LOG_FILE), pid=os.getpid(),
-                     started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_status(
+            run_dir,
+            "running",
+            phase="setup",
+            log=str(run_dir / LOG_FILE),
+            pid=os.getpid(),
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
     try:
         metrics = _train_test_bench(run_dir, spec, launcher)
     except BaseException as e:
         if rank0:
             tail = "".join(traceback.format_exception(e)[-6:])[-2000:]
             state = "pending" if isinstance(e, KeyboardInterrupt) else "failed"
-            write_status(run_dir, state, error=f"{type(e).__name__}: {e}", traceback=tail,
-                         log=str(run_dir / LOG_FILE))
+            write_status(
+                run_dir, state, error=f"{type(e).__name__}: {e}", traceback=tail, log=str(run_dir / LOG_FILE)
+            )
         raise
     if rank0:
         atomic_write_json(run_dir / METRICS_FILE, metrics)
@@ -160,8 +209,10 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     if (Path(cfg.work_dir) / "last_checkpoint").exists():
         cfg.resume, cfg.load_from = True, None  # resume this run, not its dense parent
     elif cfg.get("load_from") and not Path(cfg.load_from).exists():
-        raise FileNotFoundError(f"dense checkpoint {cfg.load_from} not found: run the dense run "
-                                f"{spec.depends_on} first (prunebench sweep runs it automatically)")
+        raise FileNotFoundError(
+            f"dense checkpoint {cfg.load_from} not found: run the dense run "
+            f"{spec.depends_on} first (prunebench sweep runs it automatically)"
+        )
     runner = Runner.from_cfg(cfg)
     if _rank() == 0:
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")
@@ -178,14 +229,29 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     if _rank() == 0:
         write_status(run_dir, "running", phase="bench")
     model.eval()
-    bench = measure_run(model, runner.test_dataloader.dataset, bench_cfg, run_dir,
-                        spec.depends_on[0] if spec.depends_on else None)
-    return {"run_id": spec.run_id, "sweep": spec.sweep, "stage": spec.stage, "backbone": spec.backbone,
-            "seed": spec.seed, "axes": spec.axes, **_coco_metrics(raw),
-            "latency_ms": bench["latency_ms"], "paired": bench["paired"], "flops_g": bench["flops_g"],
-            "keep_ratio": keep_stats, "train_time_s": round(train_time, 1),
-            "checkpoint": str(Path(cfg.work_dir) / _last_checkpoint(cfg.work_dir)),
-            "env": _env()}
+    bench = measure_run(
+        model,
+        runner.test_dataloader.dataset,
+        bench_cfg,
+        run_dir,
+        spec.depends_on[0] if spec.depends_on else None,
+    )
+    return {
+        "run_id": spec.run_id,
+        "sweep": spec.sweep,
+        "stage": spec.stage,
+        "backbone": spec.backbone,
+        "seed": spec.seed,
+        "axes": spec.axes,
+        **_coco_metrics(raw),
+        "latency_ms": bench["latency_ms"],
+        "paired": bench["paired"],
+        "flops_g": bench["flops_g"],
+        "keep_ratio": keep_stats,
+        "train_time_s": round(train_time, 1),
+        "checkpoint": str(Path(cfg.work_dir) / _last_checkpoint(cfg.work_dir)),
+        "env": _env(),
+    }
 
 
 def _last_checkpoint(work_dir: str) -> str:

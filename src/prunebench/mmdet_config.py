@@ -4,6 +4,7 @@ The base (a built-in template or any MMDetection config) is loaded once per swee
 settings are applied as dotted keys and the result is written as ordinary Python assignments,
 so MMDetection's own ``tools/train.py`` and ``tools/test.py`` can run it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,9 +27,12 @@ def load_base(grid: Grid) -> dict:
     cfg = Config.fromfile(str(base_path(grid.path, grid.base))).to_dict()
     model = cfg.get("model") or {}
     if model.get("type") not in ("MaskRCNN", "PrunedMaskRCNN") or "neck" not in model:
-        raise grid.error("base", f"{grid.base!r} builds a {model.get('type')!r} model, not a Mask R-CNN "
-                         "with a neck", "use a built-in template or an MMDetection Mask R-CNN config such "
-                         "as mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
+        raise grid.error(
+            "base",
+            f"{grid.base!r} builds a {model.get('type')!r} model, not a Mask R-CNN with a neck",
+            "use a built-in template or an MMDetection Mask R-CNN config such "
+            "as mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
+        )
     model["type"] = "PrunedMaskRCNN"
     if model["backbone"].get("type") != "PrunedViT":
         model["backbone"] = dict(type="PrunedViT", out_channels=model["neck"].get("out_channels", 256))
@@ -47,8 +51,10 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
     for i, part in enumerate(parents):
         if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
             have = sorted(node) if isinstance(node, dict) else []
-            raise KeyError(f"config key {key!r}: {'.'.join(parents[:i + 1])!r} does not exist in the "
-                           f"base config (keys there: {', '.join(map(str, have))})")
+            raise KeyError(
+                f"config key {key!r}: {'.'.join(parents[: i + 1])!r} does not exist in the "
+                f"base config (keys there: {', '.join(map(str, have))})"
+            )
         node = node[part]
     node[leaf] = value
 
@@ -61,13 +67,20 @@ def unknown_argument(base: dict, key: str) -> str | None:
     node: Any = base
     for part in parents:
         node = node.get(part) if isinstance(node, dict) else None
-    if parents[:1] != ["model"] or not isinstance(node, dict) or "type" not in node or leaf in ("type", "_delete_"):
+    if (
+        parents[:1] != ["model"]
+        or not isinstance(node, dict)
+        or "type" not in node
+        or leaf in ("type", "_delete_")
+    ):
         return None
     params = _accepted_arguments(str(node["type"]))
     if params is None or leaf in params:
         return None
-    return (f"{node['type']} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: "
-            f"{', '.join(sorted(params))}")
+    return (
+        f"{node['type']} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: "
+        f"{', '.join(sorted(params))}"
+    )
 
 
 def _accepted_arguments(type_name: str) -> set[str] | None:
@@ -100,8 +113,9 @@ def checkpoint_name(stage: dict) -> str:
     return f"iter_{stage['iters']}.pth" if "iters" in stage else f"epoch_{stage['epochs']}.pth"
 
 
-def build_config(grid: Grid, spec: RunSpec, base: dict, run_dir: Path, data_root: Path,
-                 classes: list[str]) -> dict:
+def build_config(
+    grid: Grid, spec: RunSpec, base: dict, run_dir: Path, data_root: Path, classes: list[str]
+) -> dict:
     """The full config dict of one run."""
     cfg = copy.deepcopy(base)
     for key, value in spec.backbone_args.items():
@@ -113,8 +127,9 @@ def build_config(grid: Grid, spec: RunSpec, base: dict, run_dir: Path, data_root
     _set_data(cfg, grid.data, data_root, classes)
     _set_schedule(cfg, spec.schedule, spec.stage)
     if spec.stage == "finetune":
-        cfg["load_from"] = str(run_dir.parent / spec.depends_on[0] / "work_dir"
-                               / checkpoint_name(spec.dense_schedule))
+        cfg["load_from"] = str(
+            run_dir.parent / spec.depends_on[0] / "work_dir" / checkpoint_name(spec.dense_schedule)
+        )
     cfg["randomness"] = dict(seed=spec.seed, deterministic=False)
     cfg["work_dir"] = str(run_dir / "work_dir")
     for key, value in spec.overrides.items():
@@ -124,16 +139,24 @@ def build_config(grid: Grid, spec: RunSpec, base: dict, run_dir: Path, data_root
 
 def _set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:
     if data["type"] == "synthetic":
-        files = {"train_ann": "annotations/instances_train.json", "train_img": "train/",
-                 "val_ann": "annotations/instances_val.json", "val_img": "val/"}
+        files = {
+            "train_ann": "annotations/instances_train.json",
+            "train_img": "train/",
+            "val_ann": "annotations/instances_val.json",
+            "val_img": "val/",
+        }
     else:
         files = {k: data[k] for k in ("train_ann", "train_img", "val_ann", "val_img")}
     root_s = str(root).rstrip("/") + "/"
     metainfo = dict(classes=tuple(classes))
     for loader, split in (("train_dataloader", "train"), ("test_dataloader", "val")):
         ds = cfg[loader]["dataset"]
-        ds.update(data_root=root_s, ann_file=files[f"{split}_ann"], metainfo=metainfo,
-                  data_prefix=dict(img=files[f"{split}_img"]))
+        ds.update(
+            data_root=root_s,
+            ann_file=files[f"{split}_ann"],
+            metainfo=metainfo,
+            data_prefix=dict(img=files[f"{split}_img"]),
+        )
         if "batch_size" in data and split == "train":
             cfg[loader]["batch_size"] = data["batch_size"]
         if "num_workers" in data:
@@ -177,8 +200,9 @@ def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
         dict(type="MultiStepLR", by_epoch=by_epoch, begin=0, end=length, milestones=milestones, gamma=0.1),
     ]
     interval = sched.get("checkpoint_interval", 1 if by_epoch else max(1, length // 4))
-    cfg["default_hooks"]["checkpoint"] = dict(type="CheckpointHook", by_epoch=by_epoch, interval=interval,
-                                             max_keep_ckpts=2, save_last=True)
+    cfg["default_hooks"]["checkpoint"] = dict(
+        type="CheckpointHook", by_epoch=by_epoch, interval=interval, max_keep_ckpts=2, save_last=True
+    )
     if "log_interval" in sched:
         cfg["default_hooks"]["logger"]["interval"] = sched["log_interval"]
     cfg["log_processor"]["by_epoch"] = by_epoch

@@ -4,6 +4,7 @@ Layout of one run folder ``results/<sweep>/<run_id>/``:
 ``run.json`` (the RunSpec), ``config.py``, ``status.json``, ``metrics.json``, ``train.log``,
 ``work_dir/`` (MMEngine's logs and checkpoints).
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,10 +16,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .axes import PRUNING_AXES as _AXES
 
@@ -95,6 +97,7 @@ def record_failure(run_dir: Path, error: str, keep: tuple[str, ...] = ("failed",
 
 
 # --- one writer per run: an exclusive lock held by the job process -------------------------------
+
 
 @dataclass(frozen=True)
 class LockHolder:
@@ -180,11 +183,19 @@ def run_lock(run_dir: Path, wait_s: float = 1.0) -> Iterator[None]:
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-                log.warning("%s: this file system has no locks (%s); two sweeps on this folder could "
-                            "run this run twice", key, e.strerror)
+                log.warning(
+                    "%s: this file system has no locks (%s); two sweeps on this folder could "
+                    "run this run twice",
+                    key,
+                    e.strerror,
+                )
                 break
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         _HELD[key] = [fd, 1]
@@ -274,7 +285,6 @@ class Run:
         return _num(m.get(name))
 
 
-
 def _load(path: Path, names: set[str], name: str) -> tuple[dict | None, str | None]:
     """(object, problem): (None, None) when absent, (None, reason) when unusable."""
     if name not in names:
@@ -348,7 +358,8 @@ def scan_results(root: Path) -> list[Run]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"{root}: no such results folder; pass a sweep folder (results/<sweep>) "
-            "or a parent of several (results/)")
+            "or a parent of several (results/)"
+        )
     names = _run_names(str(root))
     if names is not None:
         return [load_run(root, names)]
@@ -370,8 +381,15 @@ def scan_results(root: Path) -> list[Run]:
 
 # --- one-line description of a run (status and report) ---------------------------------------
 
-STYLES = {"done": "green", "running": "blue", "pending": "dim", "skipped": "dim",
-          "failed": "red", "corrupt": "red", "missing": "yellow"}
+STYLES = {
+    "done": "green",
+    "running": "blue",
+    "pending": "dim",
+    "skipped": "dim",
+    "failed": "red",
+    "corrupt": "red",
+    "missing": "yellow",
+}
 
 
 def fmt_duration(seconds: float) -> str:
@@ -397,9 +415,11 @@ def detail(run: Run, states: dict[str, str] | None = None) -> str:
     skip reason, or unfinished dependencies (``states``: run id -> state)."""
     s = run.status
     if run.state == "done":
-        return (f"box {_fmt(run.metric('box_ap'), '{:.1f}')}  mask {_fmt(run.metric('mask_ap'), '{:.1f}')}  "
-                f"full {_fmt(run.metric('latency_full'), '{:.1f}')} ms  "
-                f"backbone {_fmt(run.metric('latency_backbone'), '{:.1f}')} ms")
+        return (
+            f"box {_fmt(run.metric('box_ap'), '{:.1f}')}  mask {_fmt(run.metric('mask_ap'), '{:.1f}')}  "
+            f"full {_fmt(run.metric('latency_full'), '{:.1f}')} ms  "
+            f"backbone {_fmt(run.metric('latency_backbone'), '{:.1f}')} ms"
+        )
     if run.problem:
         return run.problem
     if run.state == "failed":

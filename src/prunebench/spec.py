@@ -5,6 +5,7 @@ non-pruning keys; every pruned cell of that combination finetunes from it (a dep
 Run ids hash the experiment's meaning only (swept values, backbone, schedule, data identity,
 seed): moving the dataset, changing workers, logging or Slurm resources keeps every id.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,10 @@ from .axes import PRUNING_AXES, id_prefix, impossible
 from .grid import Grid, GridError
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
-_NOT_MEANING = {"data": ("root", "cache_dir", "num_workers"),
-                "schedule": ("checkpoint_interval", "log_interval")}
+_NOT_MEANING = {
+    "data": ("root", "cache_dir", "num_workers"),
+    "schedule": ("checkpoint_interval", "log_interval"),
+}
 _DENSE_ONLY_BACKBONE = ("prune_layers", "keep_ratios", "tau")  # pruning settings: not the dense run's
 
 
@@ -48,7 +51,7 @@ class RunSpec:
         return {**asdict(self), "depends_on": list(self.depends_on)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "RunSpec":
+    def from_json(cls, data: dict) -> RunSpec:
         return cls(**{**data, "depends_on": tuple(data.get("depends_on", ()))})
 
 
@@ -65,8 +68,9 @@ def cells(grid: Grid) -> tuple[list[tuple[str | None, dict]], list[tuple[dict, s
     kept, excluded = [], []
     for values in itertools.product(*grid.axes.values()):
         cell = dict(zip(grid.axes, values))
-        reason = impossible(cell) or ("matched an `exclude` entry"
-                                      if any(_matches(cell, p) for p in grid.exclude) else None)
+        reason = impossible(cell) or (
+            "matched an `exclude` entry" if any(_matches(cell, p) for p in grid.exclude) else None
+        )
         if reason:
             excluded.append((cell, reason))
         else:
@@ -108,8 +112,10 @@ def resolve(grid: Grid, cell: dict) -> tuple[dict, dict, dict]:
     for stage in ("dense", "finetune"):  # a per-value length replaces the other unit
         st = schedule[stage]
         if "iters" in st and "epochs" in st:
-            raise GridError(f"{grid.path}: per_value: schedule.{stage} of cell {cell} has both iters "
-                            "and epochs. Fix: set the same unit as schedule." + stage)
+            raise GridError(
+                f"{grid.path}: per_value: schedule.{stage} of cell {cell} has both iters "
+                "and epochs. Fix: set the same unit as schedule." + stage
+            )
     return backbone, schedule, overrides
 
 
@@ -124,7 +130,11 @@ def _meaning(section: str, mapping: dict) -> dict:
 
 def _backbone_identity(backbone: dict) -> dict:
     """The backbone as it matters for results: a checkpoint by file name, not path."""
-    return {**backbone, "pretrained": Path(backbone["pretrained"]).name} if backbone.get("pretrained") else backbone
+    return (
+        {**backbone, "pretrained": Path(backbone["pretrained"]).name}
+        if backbone.get("pretrained")
+        else backbone
+    )
 
 
 def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
@@ -149,27 +159,59 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             arch = backbone["arch"]
             tag = f"-{arch.split('-')[-1]}" if multi_arch else ""
             dense_bb = {k: v for k, v in dense_bb.items() if k not in _DENSE_ONLY_BACKBONE}
-            dense_payload = {"base": base_id, "backbone": _backbone_identity(dense_bb), "data": data_id,
-                             "schedule": {**_meaning("schedule", common), **dense_sched["dense"]},
-                             "overrides": {**dense_over, **others}, "axes": others, "seed": seed}
+            dense_payload = {
+                "base": base_id,
+                "backbone": _backbone_identity(dense_bb),
+                "data": data_id,
+                "schedule": {**_meaning("schedule", common), **dense_sched["dense"]},
+                "overrides": {**dense_over, **others},
+                "axes": others,
+                "seed": seed,
+            }
             dkey = json.dumps(dense_payload, sort_keys=True, default=str)
             if dkey not in dense_runs:
                 rid = f"dense{tag}-s{seed}-{_digest(dense_payload)}"
                 dense_runs[dkey] = RunSpec(
-                    rid, grid.name, "dense", arch, seed, {**dict.fromkeys(pruning), **others}, (),
-                    {**dense_over, **others}, bench,
+                    rid,
+                    grid.name,
+                    "dense",
+                    arch,
+                    seed,
+                    {**dict.fromkeys(pruning), **others},
+                    (),
+                    {**dense_over, **others},
+                    bench,
                     backbone_args={**dense_bb, "prune_layers": [], "keep_ratios": []},
-                    schedule={**common, **dense_sched["dense"]})
+                    schedule={**common, **dense_sched["dense"]},
+                )
             dense = dense_runs[dkey]
             axes = {**{k: cell[k] for k in pruning}, **others}
             ft_sched = {**_shared(schedule), **schedule["finetune"]}
-            payload = {**dense_payload, "dense": dense.run_id, "backbone": _backbone_identity(backbone),
-                       "schedule": _meaning("schedule", ft_sched), "axes": axes}
+            payload = {
+                **dense_payload,
+                "dense": dense.run_id,
+                "backbone": _backbone_identity(backbone),
+                "schedule": _meaning("schedule", ft_sched),
+                "axes": axes,
+            }
             rid = f"{name or id_prefix(cell)}{tag}-s{seed}-{_digest(payload)}"
             if rid not in finetunes:
-                args = {**{k: v for k, v in backbone.items() if k != "pretrained"},
-                        **{k: cell[k] for k in pruning}}
-                finetunes[rid] = RunSpec(rid, grid.name, "finetune", arch, seed, axes, (dense.run_id,),
-                                         {**overrides, **others}, bench, backbone_args=args,
-                                         schedule=ft_sched, dense_schedule=dense.schedule)
+                args = {
+                    **{k: v for k, v in backbone.items() if k != "pretrained"},
+                    **{k: cell[k] for k in pruning},
+                }
+                finetunes[rid] = RunSpec(
+                    rid,
+                    grid.name,
+                    "finetune",
+                    arch,
+                    seed,
+                    axes,
+                    (dense.run_id,),
+                    {**overrides, **others},
+                    bench,
+                    backbone_args=args,
+                    schedule=ft_sched,
+                    dense_schedule=dense.schedule,
+                )
     return list(dense_runs.values()) + list(finetunes.values()), excluded

@@ -1,4 +1,5 @@
 """``prunebench status``: one line per run with its state and what matters for that state."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -11,8 +12,13 @@ from .results import LOCK_FILE, STYLES, Run, detail, lock_holder, scan_results
 def slurm_states(runs: list[Run]) -> tuple[dict[str, Any], str | None]:
     """Live Slurm state (``JobState``) per job id of the pending/running runs, plus a warning if
     unavailable. The Slurm query module is imported only when some run has a Slurm job."""
-    ids = sorted({str(r.status["slurm_job_id"]) for r in runs
-                  if r.status.get("slurm_job_id") and r.state in ("pending", "running")})
+    ids = sorted(
+        {
+            str(r.status["slurm_job_id"])
+            for r in runs
+            if r.status.get("slurm_job_id") and r.state in ("pending", "running")
+        }
+    )
     if not ids:
         return {}, None
     try:
@@ -27,8 +33,12 @@ def slurm_states(runs: list[Run]) -> tuple[dict[str, Any], str | None]:
 
 def orphaned(run: Run) -> bool:
     """A local run that says running while no live process holds its lock (its job was killed)."""
-    return (run.state == "running" and not run.status.get("slurm_job_id")
-            and (run.path / LOCK_FILE).exists() and lock_holder(run.path) is None)
+    return (
+        run.state == "running"
+        and not run.status.get("slurm_job_id")
+        and (run.path / LOCK_FILE).exists()
+        and lock_holder(run.path) is None
+    )
 
 
 def print_status(root: Path, console) -> int:
@@ -43,8 +53,12 @@ def print_status(root: Path, console) -> int:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     if not runs:
-        console.print(f"{escape(str(root))}: no run folders yet (expected {root}/<run_id>/status.json); "
-                      "prepare them with `prunebench sweep`", highlight=False, soft_wrap=True)
+        console.print(
+            f"{escape(str(root))}: no run folders yet (expected {root}/<run_id>/status.json); "
+            "prepare them with `prunebench sweep`",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 0
     live, warning = slurm_states(runs)
     multi = len({r.sweep for r in runs}) > 1

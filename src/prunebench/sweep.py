@@ -1,4 +1,5 @@
 """A sweep: validate the grid, write every run folder (run.json + config.py), hand them to an executor."""
+
 from __future__ import annotations
 
 import shutil
@@ -40,8 +41,12 @@ def resolve_data(grid: Grid) -> tuple[Path, list[str]]:
             try:
                 classes = check_coco(root, data[f"{split}_ann"], data[f"{split}_img"])
             except (FileNotFoundError, ValueError) as e:
-                raise grid.error(f"data.{split}_ann", str(e), "fix data.root / data.*_ann / data.*_img, "
-                                 "or build a subset with `prunebench data subset`") from None
+                raise grid.error(
+                    f"data.{split}_ann",
+                    str(e),
+                    "fix data.root / data.*_ann / data.*_img, "
+                    "or build a subset with `prunebench data subset`",
+                ) from None
         return root.resolve(), classes
     root = ensure_synthetic(data)
     return root, check_coco(root, "annotations/instances_val.json", "val/")
@@ -54,8 +59,10 @@ def check_results_root(results_root: str | Path) -> Path:
     existing = next(p for p in (root, *root.parents) if p.exists())
     if not existing.is_dir():
         where = "" if existing == root else f" ({existing} is a file)"
-        raise NotADirectoryError(f"--results {results_root}: not a folder{where}; pass a folder for the "
-                                 "results (it is created if missing)")
+        raise NotADirectoryError(
+            f"--results {results_root}: not a folder{where}; pass a folder for the "
+            "results (it is created if missing)"
+        )
     return root
 
 
@@ -66,14 +73,19 @@ def _check_dotted_keys(grid: Grid, base: dict) -> None:
 
     keys = [(f"overrides.{k}", k) for k in grid.overrides]
     keys += [(f"axes.{k}", k) for k in grid.axes if "." in k]
-    keys += [(f"per_value.{axis}.{value}.{k}", k) for axis, by_value in grid.per_value.items()
-             for value, settings in by_value for k in settings
-             if k.partition(".")[0] not in ("backbone", "schedule")]
+    keys += [
+        (f"per_value.{axis}.{value}.{k}", k)
+        for axis, by_value in grid.per_value.items()
+        for value, settings in by_value
+        for k in settings
+        if k.partition(".")[0] not in ("backbone", "schedule")
+    ]
     for where, key in keys:
         problem = unknown_argument(base, key)
         if problem:
-            raise grid.error(where, problem, "correct the key (grid sections such as backbone.* take "
-                             "the same names)")
+            raise grid.error(
+                where, problem, "correct the key (grid sections such as backbone.* take the same names)"
+            )
 
 
 def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") -> Sweep:
@@ -93,8 +105,9 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") 
         try:
             configs[spec.run_id] = build_config(grid, spec, base, sweep_dir / spec.run_id, data_root, classes)
         except KeyError as e:
-            raise GridError(f"{grid.path}: {e.args[0]}. Fix: correct the dotted key under `axes` or "
-                            "`overrides`") from None
+            raise GridError(
+                f"{grid.path}: {e.args[0]}. Fix: correct the dotted key under `axes` or `overrides`"
+            ) from None
     sweep_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(grid.path, sweep_dir / "grid.yaml")
     for spec in runs:
@@ -102,9 +115,11 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") 
         run_dir.mkdir(exist_ok=True)
         if read_json(run_dir / RUN_FILE) != spec.to_json():
             atomic_write_json(run_dir / RUN_FILE, spec.to_json())
-        header = (f"MMDetection config of run {spec.run_id} (sweep {grid.name}, stage {spec.stage}), "
-                  f"written by prunebench from {grid.path.name}.\n"
-                  f"Train: python tools/train.py {run_dir / CONFIG_FILE}")
+        header = (
+            f"MMDetection config of run {spec.run_id} (sweep {grid.name}, stage {spec.stage}), "
+            f"written by prunebench from {grid.path.name}.\n"
+            f"Train: python tools/train.py {run_dir / CONFIG_FILE}"
+        )
         dump_config(configs[spec.run_id], run_dir / CONFIG_FILE, header)
         if not (run_dir / STATUS_FILE).exists():
             write_status(run_dir, "pending")
@@ -114,21 +129,29 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") 
 def plan_table(sweep: Sweep) -> Table:
     """The expanded runs as a Rich table."""
     axes = list(sweep.grid.axes)
-    table = Table(title=f"sweep {sweep.grid.name}: {len(sweep.runs)} runs -> {sweep.sweep_dir}",
-                  box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"sweep {sweep.grid.name}: {len(sweep.runs)} runs -> {sweep.sweep_dir}", box=box.SIMPLE_HEAD
+    )
     table.add_column("run id", no_wrap=True)
     for col in ["stage", *(HEADERS.get(a, a) for a in axes), "seed", "depends on", "state"]:
         table.add_column(col, overflow="fold")
     for spec in sweep.runs:
         state = (read_json(sweep.sweep_dir / spec.run_id / STATUS_FILE) or {}).get("state", "?")
         values = ["-" if spec.axes.get(a) is None else str(spec.axes[a]) for a in axes]
-        table.add_row(spec.run_id, spec.stage, *values, str(spec.seed), ", ".join(spec.depends_on) or "-", state)
+        table.add_row(
+            spec.run_id, spec.stage, *values, str(spec.seed), ", ".join(spec.depends_on) or "-", state
+        )
     return table
 
 
-def run_sweep(grid_path: str | Path, results_root: str | Path = "results", executor: str = "local",
-              executor_options: dict | None = None, dry_run: bool = False,
-              console: Console | None = None) -> dict[str, str]:
+def run_sweep(
+    grid_path: str | Path,
+    results_root: str | Path = "results",
+    executor: str = "local",
+    executor_options: dict | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> dict[str, str]:
     """Prepare the sweep, print the plan, then run it (unless ``dry_run``); returns run id -> state.
     ``executor_options``: the executor's keyword arguments; for ``slurm``, resources given (not
     None) override the grid's ``slurm:`` section."""

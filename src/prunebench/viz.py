@@ -1,4 +1,5 @@
 """Token keep maps: which tokens each pruning layer kept, drawn over the input image."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ from pathlib import Path
 from .checkpoint import mmengine_checkpoint_globals
 from .results import CONFIG_FILE, WORK_DIR
 
-_DEFAULT_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
-                     pad_size_divisor=32)
+_DEFAULT_NORM = dict(
+    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32
+)
 
 
 class VizError(Exception):
@@ -51,14 +53,18 @@ def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
             data = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), str(e)[:200])
-        raise VizError(f"{ckpt}: cannot load the checkpoint ({type(e).__name__}: {why}); replace it, "
-                       "or pass the run's config.py to draw with random weights") from e
+        raise VizError(
+            f"{ckpt}: cannot load the checkpoint ({type(e).__name__}: {why}); replace it, "
+            "or pass the run's config.py to draw with random weights"
+        ) from e
     state = {k.removeprefix("module."): v for k, v in data.get("state_dict", data).items()}
     if bare_backbone:
         state = {k.removeprefix("backbone."): v for k, v in state.items()}
     if not set(state) & set(model.state_dict()):
-        raise VizError(f"{ckpt}: none of its weights fit this model (built from the config next to it); "
-                       "was the checkpoint written by another run?")
+        raise VizError(
+            f"{ckpt}: none of its weights fit this model (built from the config next to it); "
+            "was the checkpoint written by another run?"
+        )
     try:
         model.load_state_dict(state, strict=False)  # a dense parent's checkpoint lacks the selectors
     except RuntimeError as e:  # shape mismatches
@@ -68,24 +74,28 @@ def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
 def load_model(source: Path):
     """(model, backbone, cfg, checkpoint or None) from a run folder or a config file. The model
     may be a detector (``model.backbone``) or a bare PrunedViT."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
     import prunebench.models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
 
     source = Path(source)
     config = source / CONFIG_FILE if source.is_dir() else source
     if not config.is_file():
-        raise VizError(f"{config}: no such config; pass a run folder (results/<sweep>/<run_id>) "
-                       "or an MMDetection config file")
+        raise VizError(
+            f"{config}: no such config; pass a run folder (results/<sweep>/<run_id>) "
+            "or an MMDetection config file"
+        )
     cfg = Config.fromfile(str(config))
     register_all_modules()  # mmdet's registries and default scope (DetDataPreprocessor, FPN, ...)
     model = MODELS.build(cfg.model)
     backbone = getattr(model, "backbone", model)
     if not hasattr(backbone, "last_keep_masks"):
-        raise VizError(f"{config}: the model's backbone is {type(backbone).__name__}, not a PrunedViT "
-                       "(it records no keep masks)")
+        raise VizError(
+            f"{config}: the model's backbone is {type(backbone).__name__}, not a PrunedViT "
+            "(it records no keep masks)"
+        )
     ckpt = find_checkpoint(source) if source.is_dir() else None
     if ckpt is not None:
         load_weights(model, backbone is model, ckpt)
@@ -126,8 +136,9 @@ def keep_masks(backbone, x) -> list:
     return [m.cpu() for m in backbone.last_keep_masks]
 
 
-def draw(rgb, masks: list, layers: list[int], grid_hw: tuple[int, int], patch: int, title: str,
-         out: Path) -> None:
+def draw(
+    rgb, masks: list, layers: list[int], grid_hw: tuple[int, int], patch: int, title: str, out: Path
+) -> None:
     """One panel per pruning layer: the image with pruned tokens dimmed and a token grid.
     ``grid_hw``: the token grid of the padded input (padding tokens are cut off the picture)."""
     import matplotlib
@@ -153,8 +164,9 @@ def draw(rgb, masks: list, layers: list[int], grid_hw: tuple[int, int], patch: i
         ax.set_yticks(np.arange(0, h, patch) - 0.5, minor=True)
         ax.grid(which="minor", color="white", lw=0.2, alpha=0.3)
         ax.tick_params(which="both", bottom=False, left=False, labelbottom=False, labelleft=False)
-        ax.set_title(f"before block {layer + 1}: kept {int(grid.sum())}/{grid.size} "
-                     f"({grid.mean():.0%})", fontsize=10)
+        ax.set_title(
+            f"before block {layer + 1}: kept {int(grid.sum())}/{grid.size} ({grid.mean():.0%})", fontsize=10
+        )
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +179,10 @@ def make_keep_maps(source: Path, image: Path, out: Path) -> dict:
     ``out``; returns {"checkpoint", "keep": [ratio per layer], "layers"}. Raises VizError."""
     model, backbone, cfg, ckpt = load_model(source)
     if not backbone.prune_layers:
-        raise VizError(f"{source}: the backbone has no pruning layers (prune_layers=[], the dense "
-                       "run); every token is kept, so there is nothing to show")
+        raise VizError(
+            f"{source}: the backbone has no pruning layers (prune_layers=[], the dense "
+            "run); every token is kept, so there is nothing to show"
+        )
     x, rgb = preprocess(image, cfg)
     masks = keep_masks(backbone, x)
     patch = backbone.patch_size
@@ -176,8 +190,11 @@ def make_keep_maps(source: Path, image: Path, out: Path) -> dict:
     weights = f"weights: {ckpt.name}" if ckpt else "RANDOM WEIGHTS (no checkpoint)"
     title = f"{Path(source).name} on {Path(image).name} (input {rgb.shape[1]}x{rgb.shape[0]} px) — {weights}"
     draw(rgb, masks, backbone.prune_layers, grid_hw, patch, title, Path(out))
-    return {"checkpoint": ckpt, "layers": list(backbone.prune_layers),
-            "keep": [float(m.float().mean()) for m in masks]}
+    return {
+        "checkpoint": ckpt,
+        "layers": list(backbone.prune_layers),
+        "keep": [float(m.float().mean()) for m in masks],
+    }
 
 
 def run_viz(source: Path, image: Path, out: Path) -> int:
@@ -192,8 +209,10 @@ def run_viz(source: Path, image: Path, out: Path) -> int:
         console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     if result["checkpoint"] is None:
-        console.print(f"[yellow]warning:[/] no checkpoint for {escape(str(source))} (none in its {WORK_DIR}/): "
-                      "weights are RANDOM, so the maps show an untrained selector's choices")
-    keep = ", ".join(f"block {l + 1}: {k:.0%}" for l, k in zip(result["layers"], result["keep"]))
+        console.print(
+            f"[yellow]warning:[/] no checkpoint for {escape(str(source))} (none in its {WORK_DIR}/): "
+            "weights are RANDOM, so the maps show an untrained selector's choices"
+        )
+    keep = ", ".join(f"block {i + 1}: {k:.0%}" for i, k in zip(result["layers"], result["keep"]))
     console.print(f"wrote {escape(str(out))} (kept {keep})")
     return 0

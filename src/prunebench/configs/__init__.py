@@ -1,4 +1,5 @@
 """Built-in MMDetection config templates and the lookup of a grid's ``base``."""
+
 from __future__ import annotations
 
 from pathlib import Path

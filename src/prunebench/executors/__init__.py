@@ -1,12 +1,15 @@
 """Executors: one small class per backend; ``get_executor`` picks one by name."""
+
 from __future__ import annotations
 
 from importlib import import_module
 
 from .base import Executor
 
-_BACKENDS = {"local": "prunebench.executors.local:LocalExecutor",
-             "slurm": "prunebench.executors.slurm.executor:SlurmExecutor"}
+_BACKENDS = {
+    "local": "prunebench.executors.local:LocalExecutor",
+    "slurm": "prunebench.executors.slurm.executor:SlurmExecutor",
+}
 
 
 def get_executor(name: str, **options) -> Executor:

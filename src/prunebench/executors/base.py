@@ -1,12 +1,14 @@
 """The executor interface (one small class per backend) and what every backend's job process does."""
+
 from __future__ import annotations
 
 import importlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..results import run_lock
 

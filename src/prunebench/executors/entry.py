@@ -1,6 +1,7 @@
 """The process of one local job: ``python -m prunebench.executors.entry RUN_DIR [--fn MODULE:FUNCTION]
 [--launcher none|pytorch]``. Imports only what the job function needs; exits with
 ``EXIT_LOCKED`` (writing nothing) when a live process elsewhere holds the run's lock."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Local executor: runs jobs as subprocesses in dependency order on N device slots."""
+
 from __future__ import annotations
 
 import functools
@@ -8,15 +9,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from ..results import (EXIT_LOCKED, LOG_FILE, STATUS_FILE, LockHolder, is_finished, lock_holder, read_json,
-                       record_failure, write_status)
+from ..results import (
+    EXIT_LOCKED,
+    LOG_FILE,
+    STATUS_FILE,
+    LockHolder,
+    is_finished,
+    lock_holder,
+    read_json,
+    record_failure,
+    write_status,
+)
 from .base import DEFAULT_JOB_FN, Executor, load_job_fn
 from .entry import DIE_WITH_PARENT, die_with_parent
 
@@ -51,16 +62,26 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, max_parallel: int = 1, gpus: Sequence[str] | None = None, gpus_per_job: int = 1,
-                 detach: bool = False, job_fn: str = DEFAULT_JOB_FN, console: Console | None = None,
-                 poll_s: float = 1.0):
+    def __init__(
+        self,
+        max_parallel: int = 1,
+        gpus: Sequence[str] | None = None,
+        gpus_per_job: int = 1,
+        detach: bool = False,
+        job_fn: str = DEFAULT_JOB_FN,
+        console: Console | None = None,
+        poll_s: float = 1.0,
+    ):
         gpus = [str(g) for g in gpus or []]
         if gpus and (gpus_per_job < 1 or len(gpus) % gpus_per_job):
             raise ValueError(f"{len(gpus)} GPUs cannot be split into jobs of {gpus_per_job}")
         if job_fn != DEFAULT_JOB_FN:
             load_job_fn(job_fn)  # a bad reference fails here, not in every job
-        self.slots = ([gpus[i:i + gpus_per_job] for i in range(0, len(gpus), gpus_per_job)]
-                      if gpus else [[] for _ in range(max(1, max_parallel))])
+        self.slots = (
+            [gpus[i : i + gpus_per_job] for i in range(0, len(gpus), gpus_per_job)]
+            if gpus
+            else [[] for _ in range(max(1, max_parallel))]
+        )
         self.detach, self.job_fn = detach, job_fn
         self.console = console or Console()
         self.poll_s = poll_s
@@ -68,8 +89,16 @@ class LocalExecutor(Executor):
     def _command(self, run_dir: Path, slot: list[str]) -> list[str]:
         job = ["-m", "prunebench.executors.entry", str(run_dir), "--fn", self.job_fn]
         if len(slot) > 1:
-            return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={len(slot)}",
-                    f"--master_port={_free_port()}", *job, "--launcher", "pytorch"]
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={len(slot)}",
+                f"--master_port={_free_port()}",
+                *job,
+                "--launcher",
+                "pytorch",
+            ]
         return [sys.executable, *job]
 
     def run(self, sweep_dir: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
@@ -84,8 +113,12 @@ class LocalExecutor(Executor):
         running: dict[str, tuple[subprocess.Popen, int, float]] = {}
         elsewhere: dict[str, LockHolder] = {}  # runs another live process is running
         try:
-            with Live(self._view(sweep_dir, runs, states, running, elsewhere), console=self.console,
-                      refresh_per_second=2, transient=not self.console.is_terminal) as live:
+            with Live(
+                self._view(sweep_dir, runs, states, running, elsewhere),
+                console=self.console,
+                refresh_per_second=2,
+                transient=not self.console.is_terminal,
+            ) as live:
                 while todo or running or elsewhere:
                     self._reap(sweep_dir, states, running, free, elsewhere)
                     todo += self._check_elsewhere(sweep_dir, states, elsewhere, runs)
@@ -134,8 +167,14 @@ class LocalExecutor(Executor):
                 tie = {"preexec_fn": functools.partial(die_with_parent, os.getpid())}
                 env[DIE_WITH_PARENT] = "1"
             with open(run_dir / LOG_FILE, "a") as log:
-                proc = subprocess.Popen(self._command(run_dir, self.slots[slot]), stdout=log,
-                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, **tie)
+                proc = subprocess.Popen(
+                    self._command(run_dir, self.slots[slot]),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    **tie,
+                )
             running[spec.run_id] = (proc, slot, time.time())
             self.console.log(f"started {spec.run_id}")
         return waiting
@@ -177,14 +216,22 @@ class LocalExecutor(Executor):
                 self._wait_elsewhere(run_id, lock_holder(run_dir) or LockHolder(), elsewhere)
                 continue
             states[run_id] = "failed"
-            status = record_failure(run_dir, f"exit code {proc.returncode}", traceback=_log_tail(run_dir / LOG_FILE),
-                                    log=str(run_dir / LOG_FILE))
-            self.console.log(f"[red]failed[/] {run_id}: {status.get('error', '')} (log: {run_dir / LOG_FILE})")
+            status = record_failure(
+                run_dir,
+                f"exit code {proc.returncode}",
+                traceback=_log_tail(run_dir / LOG_FILE),
+                log=str(run_dir / LOG_FILE),
+            )
+            self.console.log(
+                f"[red]failed[/] {run_id}: {status.get('error', '')} (log: {run_dir / LOG_FILE})"
+            )
 
     def _stop(self, sweep_dir: Path, running) -> None:
         if self.detach:
-            self.console.print(f"[yellow]interrupted[/]: {len(running)} detached jobs go on; re-run the same "
-                               "command to follow them and start the runs that wait for them")
+            self.console.print(
+                f"[yellow]interrupted[/]: {len(running)} detached jobs go on; re-run the same "
+                "command to follow them and start the runs that wait for them"
+            )
             return
         for proc, _, _ in running.values():
             if proc.poll() is None:
@@ -197,15 +244,18 @@ class LocalExecutor(Executor):
                 proc.wait()
             if (read_json(sweep_dir / run_id / STATUS_FILE) or {}).get("state") in ("running", "failed"):
                 write_status(sweep_dir / run_id, "pending", reason="interrupted; re-run the sweep to resume")
-        self.console.print(f"[yellow]interrupted[/]: {len(running)} running jobs stopped; "
-                           "re-run the same command to resume")
+        self.console.print(
+            f"[yellow]interrupted[/]: {len(running)} running jobs stopped; re-run the same command to resume"
+        )
 
     def _view(self, sweep_dir, runs, states, running, elsewhere):
         counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "failed", "skipped")}
         away = f", [bold]{len(elsewhere)}[/] running elsewhere" if elsewhere else ""
-        head = (f"[bold]{counts['done']}[/] done, [bold]{len(running)}[/] running{away}, "
-                f"[red]{counts['failed']}[/] failed, {counts['skipped']} skipped, "
-                f"{len(runs) - len(states) - len(running) - len(elsewhere)} waiting  ({len(runs)} runs)")
+        head = (
+            f"[bold]{counts['done']}[/] done, [bold]{len(running)}[/] running{away}, "
+            f"[red]{counts['failed']}[/] failed, {counts['skipped']} skipped, "
+            f"{len(runs) - len(states) - len(running) - len(elsewhere)} waiting  ({len(runs)} runs)"
+        )
         table = Table(show_header=True, box=None)
         for col in ("running", "phase", "iter", "ETA"):
             table.add_column(col)

@@ -8,6 +8,7 @@ names this package, resumes and finetunes under MMDetection's own ``tools/train.
 MMDetection is not installed (a bare GPU machine running ``scripts/gpu_bench.py``) the package
 imports without the detector and without registering anything.
 """
+
 from importlib.util import find_spec
 
 from .pruned_vit import ARCHS, PrunedViT

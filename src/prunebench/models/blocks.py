@@ -8,6 +8,7 @@ per layer, the form GPUs want). ``auto`` takes ``padded`` on CUDA and ``loop`` e
 (2 threads, deit-small at 800x1344, batch 4, dynamic rate) the loop measured faster, as padding
 computes the largest image's token count for every image (``scripts/gpu_bench.py`` measures both).
 """
+
 from __future__ import annotations
 
 import torch

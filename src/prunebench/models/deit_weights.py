@@ -7,6 +7,7 @@ their slots off ``pos_embed`` and interpolates it when the pretraining grid diff
 model's. Every ViT tensor of the model (patch embedding, ``pos_embed``, blocks, final norm) must
 come from the file with the same shape; the pyramid and the selectors start fresh.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,17 +42,21 @@ class LoadReport:
         fresh_mods = sorted({k.split(".")[0] for k in self.fresh})
         ignored = ", ".join(self.ignored[:6]) + (", ..." if len(self.ignored) > 6 else "")
         notes = f"; {'; '.join(self.notes)}" if self.notes else ""
-        return (f"PrunedViT: loaded {len(self.loaded)} tensors from {self.path}; "
-                f"{len(self.fresh)} start fresh ({', '.join(fresh_mods) or 'none'}); "
-                f"{len(self.ignored)} ignored ({ignored or 'none'}){notes}")
+        return (
+            f"PrunedViT: loaded {len(self.loaded)} tensors from {self.path}; "
+            f"{len(self.fresh)} start fresh ({', '.join(fresh_mods) or 'none'}); "
+            f"{len(self.ignored)} ignored ({ignored or 'none'}){notes}"
+        )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (official DeiT, timm ``.pth``/``.bin``, safetensors)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint file not found. Fix: download an ImageNet DeiT "
-                           "checkpoint (see README, 'Pretrained weights') and give its path")
+        raise WeightsError(
+            f"{path}: checkpoint file not found. Fix: download an ImageNet DeiT "
+            "checkpoint (see README, 'Pretrained weights') and give its path"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -62,9 +67,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200]}). Fix: use the official DeiT .pth, a "
-                           "timm state dict or a .safetensors file") from None
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Fix: use the official DeiT .pth, a "
+            "timm state dict or a .safetensors file"
+        ) from None
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -82,8 +89,10 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int, key_shape: tuple) -> tuple[t
         raise WeightsError(f"pos_embed: {n} slots is not a square grid plus 0-2 prefix tokens")
     g = math.isqrt(n - prefix)
     if dim != key_shape[-1]:
-        raise WeightsError(f"pos_embed: shape {tuple(pos.shape)} in the file vs {key_shape} in the "
-                           "model (embedding width differs). Fix: use a checkpoint of the same arch")
+        raise WeightsError(
+            f"pos_embed: shape {tuple(pos.shape)} in the file vs {key_shape} in the "
+            "model (embedding width differs). Fix: use a checkpoint of the same arch"
+        )
     pos = pos[:, prefix:]
     note = f"pos_embed: {prefix} prefix slot(s) cut" if prefix else ""
     if g != grid:
@@ -94,8 +103,9 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int, key_shape: tuple) -> tuple[t
     return pos, note
 
 
-def convert_deit(state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor],
-                 grid: int, path: str = "") -> tuple[dict[str, torch.Tensor], LoadReport]:
+def convert_deit(
+    state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor], grid: int, path: str = ""
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Map a DeiT/timm state dict onto PrunedViT keys; raises WeightsError on a mismatch."""
     report = LoadReport(path=path)
     out: dict[str, torch.Tensor] = {}
@@ -108,17 +118,21 @@ def convert_deit(state: dict[str, torch.Tensor], model_state: dict[str, torch.Te
             if note:
                 report.notes.append(note)
         if tuple(value.shape) != tuple(model_state[key].shape):
-            raise WeightsError(f"{path}: {key}: shape {tuple(value.shape)} in the file vs "
-                               f"{tuple(model_state[key].shape)} in the model. Fix: the file is for "
-                               "another architecture; use the checkpoint matching backbone.arch")
+            raise WeightsError(
+                f"{path}: {key}: shape {tuple(value.shape)} in the file vs "
+                f"{tuple(model_state[key].shape)} in the model. Fix: the file is for "
+                "another architecture; use the checkpoint matching backbone.arch"
+            )
         out[key] = value.to(model_state[key].dtype)
         report.loaded.append(key)
     vit_keys = [k for k in model_state if not k.startswith(("pyramid.", "selectors."))]
     missing = [k for k in vit_keys if k not in out]
     if missing:
-        raise WeightsError(f"{path}: {len(missing)} ViT tensors of the model are not in the file "
-                           f"(e.g. {', '.join(missing[:4])}). Fix: use an ImageNet DeiT checkpoint "
-                           "(official DeiT .pth, timm .pth/.bin or .safetensors) of backbone.arch")
+        raise WeightsError(
+            f"{path}: {len(missing)} ViT tensors of the model are not in the file "
+            f"(e.g. {', '.join(missing[:4])}). Fix: use an ImageNet DeiT checkpoint "
+            "(official DeiT .pth, timm .pth/.bin or .safetensors) of backbone.arch"
+        )
     report.fresh = [k for k in model_state if k not in out]
     return out, report
 

@@ -1,4 +1,5 @@
 """PrunedMaskRCNN: Mask R-CNN whose losses include the backbone's keep-ratio loss."""
+
 from __future__ import annotations
 
 from mmdet.models.detectors import MaskRCNN
@@ -25,4 +26,3 @@ class PrunedMaskRCNN(MaskRCNN):
         losses = super().loss(batch_inputs, batch_data_samples)
         losses["loss_keep_ratio"] = self.keep_ratio_loss_weight * self.backbone.keep_ratio_loss()
         return losses
-

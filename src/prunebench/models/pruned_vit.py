@@ -18,12 +18,14 @@ Two execution paths give the same result:
 
 Inputs whose H or W is not a multiple of 32 are zero-padded at the bottom/right.
 """
+
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -49,19 +51,27 @@ class SimplePyramid(nn.Module):
 
     def __init__(self, dim: int, out_channels: int):
         super().__init__()
-        self.scales = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, 2), LayerNorm2d(dim // 2), nn.GELU(),
-                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2)),
-            nn.ConvTranspose2d(dim, dim // 2, 2, 2),
-            nn.Identity(),
-            nn.MaxPool2d(2),
-        ])
-        self.outs = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels))
-            for c in (dim // 4, dim // 2, dim, dim)
-        ])
+        self.scales = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(dim, dim // 2, 2, 2),
+                    LayerNorm2d(dim // 2),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2),
+                ),
+                nn.ConvTranspose2d(dim, dim // 2, 2, 2),
+                nn.Identity(),
+                nn.MaxPool2d(2),
+            ]
+        )
+        self.outs = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels))
+                for c in (dim // 4, dim // 2, dim, dim)
+            ]
+        )
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(out(scale(x)) for scale, out in zip(self.scales, self.outs))
 
 
@@ -117,8 +127,12 @@ class PrunedViT(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
-        for name, value in (("pruned_tokens", pruned_tokens), ("rate", rate), ("selector", selector),
-                            ("reactivation", reactivation)):
+        for name, value in (
+            ("pruned_tokens", pruned_tokens),
+            ("rate", rate),
+            ("selector", selector),
+            ("reactivation", reactivation),
+        ):
             if value not in PRUNING_AXES[name]:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {PRUNING_AXES[name]}")
         reason = impossible(dict(pruned_tokens=pruned_tokens, reactivation=reactivation))
@@ -128,16 +142,21 @@ class PrunedViT(BaseModule):
         embed_dim, depth, num_heads = embed_dim or d, depth or n_blocks, num_heads or heads
         prune_layers, keep_ratios = [int(i) for i in prune_layers], [float(r) for r in keep_ratios]
         if len(prune_layers) != len(keep_ratios):
-            raise ValueError(f"keep_ratios has {len(keep_ratios)} values but prune_layers has "
-                             f"{len(prune_layers)}; give one ratio per pruning layer")
+            raise ValueError(
+                f"keep_ratios has {len(keep_ratios)} values but prune_layers has "
+                f"{len(prune_layers)}; give one ratio per pruning layer"
+            )
         if prune_layers != sorted(set(prune_layers)) or any(not 0 <= i < depth for i in prune_layers):
-            raise ValueError(f"prune_layers {prune_layers} must be distinct, increasing block "
-                             f"indices in [0, {depth})")
+            raise ValueError(
+                f"prune_layers {prune_layers} must be distinct, increasing block indices in [0, {depth})"
+            )
         if any(not 0.0 < r <= 1.0 for r in keep_ratios):
             raise ValueError(f"keep_ratios {keep_ratios} must all lie in (0, 1]")
         if not reactivation and keep_ratios != sorted(keep_ratios, reverse=True):
-            raise ValueError(f"keep_ratios {keep_ratios} must not increase without reactivation "
-                             "(the kept set can only shrink)")
+            raise ValueError(
+                f"keep_ratios {keep_ratios} must not increase without reactivation "
+                "(the kept set can only shrink)"
+            )
         if sparse_mode not in SPARSE_MODES:
             raise ValueError(f"unknown sparse_mode {sparse_mode!r}; expected one of {SPARSE_MODES}")
         if embed_dim % 4 or embed_dim % num_heads:
@@ -147,22 +166,30 @@ class PrunedViT(BaseModule):
         self.prune_layers, self.keep_ratios = prune_layers, keep_ratios
         self.pruned_tokens, self.reactivation, self.rate, self.tau = pruned_tokens, reactivation, rate, tau
         self.pretrained, self.sparse_mode, self.masked_eval = pretrained, sparse_mode, masked_eval
-        self.last_keep_masks: List[torch.Tensor] = []
-        self._keep_decisions: List[Tuple[torch.Tensor, float]] = []
+        self.last_keep_masks: list[torch.Tensor] = []
+        self._keep_decisions: list[tuple[torch.Tensor, float]] = []
         # selector index of each pruning layer: its own (reactivation) or its stage's first layer's
-        self.selector_of_layer = (list(range(len(prune_layers))) if reactivation
-                                  else stages(keep_ratios))
+        self.selector_of_layer = list(range(len(prune_layers))) if reactivation else stages(keep_ratios)
 
         self.pretrain_grid = pretrain_img_size // patch_size
-        self.patch_embed = PatchEmbed(pretrain_img_size, patch_size, 3, embed_dim,
-                                      strict_img_size=False, output_fmt="NHWC")
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.pretrain_grid ** 2, embed_dim))
+        self.patch_embed = PatchEmbed(
+            pretrain_img_size, patch_size, 3, embed_dim, strict_img_size=False, output_fmt="NHWC"
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.pretrain_grid**2, embed_dim))
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i],
-                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
-            for i in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias=True,
+                    drop_path=dpr[i],
+                    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                )
+                for i in range(depth)
+            ]
+        )
         n_selectors = len(set(self.selector_of_layer))
         self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in range(n_selectors)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -174,7 +201,7 @@ class PrunedViT(BaseModule):
             self.selectors[s].init_keep_share(share)
         self.register_load_state_dict_post_hook(_fresh_selectors_hook)
 
-    def initial_keep_shares(self) -> List[float]:
+    def initial_keep_shares(self) -> list[float]:
         """Share of the tokens it may keep that each fresh selector starts keeping: its target,
         relative to the previous stage's target without reactivation (kept sets nest)."""
         firsts = [self.selector_of_layer.index(s) for s in range(len(self.selectors))]
@@ -198,7 +225,7 @@ class PrunedViT(BaseModule):
         pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
         return pos.flatten(2).transpose(1, 2)
 
-    def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
         H, W = img.shape[-2:]
         img = F.pad(img, (0, -W % 32, 0, -H % 32))
         x = self.patch_embed(img)
@@ -217,8 +244,9 @@ class PrunedViT(BaseModule):
                     if not self.selectors[s].calibrated:
                         self.selectors[s].calibrate(x, available)
                     logits = self.selectors[s](x, available)
-                    new = keep_decision(logits, available, self.keep_ratios[j], self.rate,
-                                        self.training, self.tau)
+                    new = keep_decision(
+                        logits, available, self.keep_ratios[j], self.rate, self.training, self.tau
+                    )
                     if self.training and available is not None:
                         new = new * keep  # nested: gradient flows through both decisions
                     keep = new
@@ -269,6 +297,9 @@ def _fresh_selectors_hook(module: PrunedViT, incompatible_keys) -> None:
         for k in fresh:
             incompatible_keys.missing_keys.remove(k)
         modules = sorted({re.sub(r"(selectors\.\d+)\..*", r"\1", k) for k in fresh})
-        print_log(f"PrunedViT: {len(modules)} selectors ({len(fresh)} tensors: "
-                  f"{', '.join(modules)}) are not in the checkpoint and start fresh",
-                  logger="current", level=logging.WARNING)
+        print_log(
+            f"PrunedViT: {len(modules)} selectors ({len(fresh)} tensors: "
+            f"{', '.join(modules)}) are not in the checkpoint and start fresh",
+            logger="current",
+            level=logging.WARNING,
+        )

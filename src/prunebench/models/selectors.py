@@ -13,6 +13,7 @@ A selector maps tokens ``(B, N, D)`` to keep/prune logits ``(B, N, 2)`` (index 0
 Only ``available`` tokens can be kept, and every image keeps at least one token.
 A fresh selector starts near a given keep share, in training and at inference (:class:`Selector`).
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,10 @@ class GatingSelector(Selector):
         super().__init__()
         self.in_proj = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, dim), nn.GELU())
         self.out_mlp = nn.Sequential(
-            nn.Linear(dim, dim // 2), nn.GELU(),
-            nn.Linear(dim // 2, dim // 4), nn.GELU(),
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, dim // 4),
+            nn.GELU(),
             nn.Linear(dim // 4, 2),
         )
 

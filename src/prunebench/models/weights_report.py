@@ -1,4 +1,5 @@
 """``prunebench weights``: what an ImageNet DeiT checkpoint covers of a PrunedViT."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,15 +36,21 @@ def check_weights(path: Path, arch: str, console) -> int:
     table = Table()
     for col in ("", "module", "tensors"):
         table.add_column(col)
-    for label, keys, style in (("loaded", report.loaded, "green"), ("fresh", report.fresh, "yellow"),
-                               ("ignored", report.ignored, "dim")):
+    for label, keys, style in (
+        ("loaded", report.loaded, "green"),
+        ("fresh", report.fresh, "yellow"),
+        ("ignored", report.ignored, "dim"),
+    ):
         for i, (module, n) in enumerate(_group(keys)):
             table.add_row(f"[{style}]{label}[/]" if i == 0 else "", module, str(n))
     console.print(table)
     for note in report.notes:
         console.print(f"note: {escape(note)}", highlight=False)
-    console.print(f"[green]ok:[/] every ViT tensor of {arch} comes from the file "
-                  f"({len(report.loaded)} loaded); {len(report.fresh)} start fresh (pyramid, selectors); "
-                  f"{len(report.ignored)} ignored. Grid line: `backbone.pretrained: {escape(str(path))}`",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"[green]ok:[/] every ViT tensor of {arch} comes from the file "
+        f"({len(report.loaded)} loaded); {len(report.fresh)} start fresh (pyramid, selectors); "
+        f"{len(report.ignored)} ignored. Grid line: `backbone.pretrained: {escape(str(path))}`",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0

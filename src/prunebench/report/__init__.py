@@ -7,6 +7,7 @@
 - ``render``: terminal table, CSV, Markdown, JSON, LaTeX; ``plot``: the figure;
 - ``command``: ``run_report``, what ``prunebench report`` calls.
 """
+
 from __future__ import annotations
 
 from .build import Effect, Report, build_report
@@ -15,5 +16,18 @@ from .plot import pareto_front, plot_pareto
 from .render import FORMATS, print_table, render, to_csv
 from .stats import pairs_needed, t_interval, t_quantile
 
-__all__ = ["FORMATS", "Effect", "Report", "build_report", "pairs_needed", "pareto_front", "plot_pareto", "print_table",
-           "render", "run_report", "t_interval", "t_quantile", "to_csv"]
+__all__ = [
+    "FORMATS",
+    "Effect",
+    "Report",
+    "build_report",
+    "pairs_needed",
+    "pareto_front",
+    "plot_pareto",
+    "print_table",
+    "render",
+    "run_report",
+    "t_interval",
+    "t_quantile",
+    "to_csv",
+]

@@ -1,13 +1,15 @@
 """Results folder -> report data: one row per run (or per setting, mean ± std over seeds) with
 its change and speed-up vs the dense run, and per-axis effects with t-intervals over pairs."""
+
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .. import axes as facts
 from ..results import PRUNING_AXES, Run, scan_results
@@ -110,24 +112,35 @@ class Report:
         out = []
         one_seed = [e for e in self.effects if e.seeds < 2]
         if one_seed:
-            sized = [f"{e.comparison} {e.pairs_needed} pairs (≈ {e.seeds_needed} seeds of this grid)"
-                     for e in one_seed if e.metric == "box_ap" and e.pairs_needed is not None]
-            need = ("needs about, for box AP: " + "; ".join(sized) if sized
-                    else "cannot be sized yet: no comparison has two pairs")
-            out.append("One seed: these effects cannot be told from noise — a single-seed spread between "
-                       "pairs confounds seed noise with the effect. Resolving an effect of the observed size "
-                       f"at the observed pair spread (α = 0.05, power {POWER:.0%}) {need}.")
+            sized = [
+                f"{e.comparison} {e.pairs_needed} pairs (≈ {e.seeds_needed} seeds of this grid)"
+                for e in one_seed
+                if e.metric == "box_ap" and e.pairs_needed is not None
+            ]
+            need = (
+                "needs about, for box AP: " + "; ".join(sized)
+                if sized
+                else "cannot be sized yet: no comparison has two pairs"
+            )
+            out.append(
+                "One seed: these effects cannot be told from noise — a single-seed spread between "
+                "pairs confounds seed noise with the effect. Resolving an effect of the observed size "
+                f"at the observed pair spread (α = 0.05, power {POWER:.0%}) {need}."
+            )
         if len(self.timing) > 1:
             setups = ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in self.timing.most_common())
             out.append(f"Latencies come from different setups: {setups}; compare them only within one.")
         paired, finetunes = self.paired
         if paired:
-            out.append(f"Speed-ups: {paired} of {finetunes} finetunes timed beside their dense parent in the "
-                       "same process (paired); the rest are ratios to the dense run's median latency.")
+            out.append(
+                f"Speed-ups: {paired} of {finetunes} finetunes timed beside their dense parent in the "
+                "same process (paired); the rest are ratios to the dense run's median latency."
+            )
         return out
 
 
 # --- labels ---------------------------------------------------------------------------------
+
 
 def short_axis(axis: str) -> str:
     return axis.rsplit(".", 1)[-1]
@@ -137,7 +150,13 @@ def cell(value: Any) -> str:
     """An axis value in a table cell."""
     if value is None:
         return "—"
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+    return (
+        str(value).lower()
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 def axis_label(axis: str, value: Any) -> str:
@@ -150,12 +169,16 @@ def _setting_label(run: Run, axes: list[str], multi_sweep: bool, multi_backbone:
     parts += [run.backbone or "?"] if multi_backbone else []
     if run.is_dense:
         parts.append("dense")
-    parts += [("react" if v else "no-react") if a == "reactivation" else axis_label(a, v)
-              for a in axes if (v := run.axes.get(a)) is not None]
+    parts += [
+        ("react" if v else "no-react") if a == "reactivation" else axis_label(a, v)
+        for a in axes
+        if (v := run.axes.get(a)) is not None
+    ]
     return "/".join(parts)
 
 
 # --- rows -----------------------------------------------------------------------------------
+
 
 class _DenseIndex:
     """Finds a run's dense reference: the dense run of the same backbone and seed (same sweep
@@ -173,15 +196,20 @@ class _DenseIndex:
         axes = {k: v for k, v in run.axes.items() if k not in PRUNING_AXES}
         key = (run.backbone, repr(run.seed), run.sweep, repr(sorted(axes.items())))
         if key not in self.memo:  # runs of one setting share the answer: a scan per setting only
-            fits = [d for d, settings in self.by_seed.get(key[:2], ())
-                    if all(axes.get(k) == v for k, v in settings.items())]
+            fits = [
+                d
+                for d, settings in self.by_seed.get(key[:2], ())
+                if all(axes.get(k) == v for k, v in settings.items())
+            ]
             fits.sort(key=lambda d: d.sweep != run.sweep)
             self.memo[key] = fits[0] if fits else None
         return self.memo[key]
 
 
 def _positive(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
     return float(value) if ok else None
 
 
@@ -204,8 +232,17 @@ def timing_setup(run: Run) -> str | None:
 
 
 def _run_row(run: Run, dense: Run | None, label: str) -> dict:
-    row: dict[str, Any] = {"sweep": run.sweep, "run_id": run.run_id, "label": label, "backbone": run.backbone,
-                           "stage": run.stage, "seed": run.seed, "n": 1, "axes": run.axes, "dense": run.is_dense}
+    row: dict[str, Any] = {
+        "sweep": run.sweep,
+        "run_id": run.run_id,
+        "label": label,
+        "backbone": run.backbone,
+        "stage": run.stage,
+        "seed": run.seed,
+        "n": 1,
+        "axes": run.axes,
+        "dense": run.is_dense,
+    }
     for key in _RAW:
         row[key] = run.metric(key)
     ref = dict.fromkeys(_RAW) if dense is None else {k: dense.metric(k) for k in _RAW}
@@ -215,7 +252,9 @@ def _run_row(run: Run, dense: Run | None, label: str) -> dict:
     for part in ("backbone", "full"):
         paired = None if run.is_dense else paired_speedup(run, part)
         lat, base = row[f"latency_{part}"], ref[f"latency_{part}"]
-        row[f"speedup_{part}"] = paired if paired is not None else base / lat if lat and base is not None else None
+        row[f"speedup_{part}"] = (
+            paired if paired is not None else base / lat if lat and base is not None else None
+        )
         row["speedup_paired"] |= paired is not None
     return row
 
@@ -232,9 +271,13 @@ def _aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
         groups.setdefault(key, []).append(row)
     out = []
     for members in groups.values():
-        agg = {**members[0], "run_id": ";".join(m["run_id"] for m in members), "n": len(members),
-               "seed": ";".join(str(m["seed"]) for m in members),
-               "speedup_paired": all(m["speedup_paired"] for m in members)}
+        agg = {
+            **members[0],
+            "run_id": ";".join(m["run_id"] for m in members),
+            "n": len(members),
+            "seed": ";".join(str(m["seed"]) for m in members),
+            "speedup_paired": all(m["speedup_paired"] for m in members),
+        }
         for key in METRICS:
             agg[key], agg[f"{key}_std"] = _mean_std([m[key] for m in members])
         out.append(agg)
@@ -242,6 +285,7 @@ def _aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
 
 
 # --- effects --------------------------------------------------------------------------------
+
 
 def _order(axis: str, values: dict[str, Any]) -> tuple[Any, Any]:
     """(first, second) of an axis with two values: the paper's direction for a pruning axis,
@@ -266,9 +310,19 @@ def compute_effects(rows: list[dict], axes: list[str]) -> list[Effect]:
         others = [a for a in axes if a != axis]
         groups: dict[tuple, dict[str, list[dict]]] = {}
         for r in pruned:
-            key = (r["sweep"], r["backbone"], r["stage"], r["seed"], *(repr(r["axes"].get(a)) for a in others))
+            key = (
+                r["sweep"],
+                r["backbone"],
+                r["stage"],
+                r["seed"],
+                *(repr(r["axes"].get(a)) for a in others),
+            )
             groups.setdefault(key, {}).setdefault(repr(r["axes"].get(axis)), []).append(r)
-        pairs = [(a, b) for g in groups.values() for a, b in product(g.get(repr(first), ()), g.get(repr(second), ()))]
+        pairs = [
+            (a, b)
+            for g in groups.values()
+            for a, b in product(g.get(repr(first), ()), g.get(repr(second), ()))
+        ]
         for key, _, _, higher in EFFECT_METRICS:
             used = [(a, b) for a, b in pairs if a[key] is not None and b[key] is not None]
             if not used:
@@ -276,13 +330,27 @@ def compute_effects(rows: list[dict], axes: list[str]) -> list[Effect]:
             diffs = [a[key] - b[key] for a, b in used]
             ci = t_interval(diffs)
             wins = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-            effects.append(Effect(axis, first, second, key, ci.n, len({repr(a["seed"]) for a, _ in used}),
-                                  ci.mean, ci.sd, ci.low, ci.high, *(wins if higher else wins[::-1]),
-                                  pairs_needed(ci.mean, ci.sd)))
+            effects.append(
+                Effect(
+                    axis,
+                    first,
+                    second,
+                    key,
+                    ci.n,
+                    len({repr(a["seed"]) for a, _ in used}),
+                    ci.mean,
+                    ci.sd,
+                    ci.low,
+                    ci.high,
+                    *(wins if higher else wins[::-1]),
+                    pairs_needed(ci.mean, ci.sd),
+                )
+            )
     return effects
 
 
 # --- filters and sorting --------------------------------------------------------------------
+
 
 def _matches(value: Any, text: str) -> bool:
     t = text.strip().lower()
@@ -344,8 +412,10 @@ def sort_rows(rows: list[dict], sort: str, axes: list[str]) -> list[dict]:
 
 # --- the report -----------------------------------------------------------------------------
 
-def build_report(root: Path, where: Iterable[str] = (), sort: str | None = None, paper: bool = False,
-                 margin: float = 0.5) -> Report:
+
+def build_report(
+    root: Path, where: Iterable[str] = (), sort: str | None = None, paper: bool = False, margin: float = 0.5
+) -> Report:
     """Scan ``root`` and build every table. ``sort``: a column key, best first (highest AP,
     lowest latency); prefix ``-`` to reverse. ``paper``: add the verdicts on the paper's
     findings (``margin``: the equivalence margin in AP). Raises FileNotFoundError / ValueError."""
@@ -358,19 +428,35 @@ def build_report(root: Path, where: Iterable[str] = (), sort: str | None = None,
     done = [r for r in kept if r.state == "done"]
     multi_sweep = len({r.sweep for r in runs}) > 1
     multi_backbone = len({r.backbone for r in runs if r.backbone}) > 1
-    run_rows = [_run_row(r, dense.find(r), _setting_label(r, axes, multi_sweep, multi_backbone))
-                for r in done]
+    run_rows = [
+        _run_row(r, dense.find(r), _setting_label(r, axes, multi_sweep, multi_backbone)) for r in done
+    ]
     aggregated = len({r.seed for r in done}) > 1
     rows = _aggregate(run_rows, axes) if aggregated else run_rows
-    rows.sort(key=lambda row: (row["sweep"], str(row["backbone"]), not row["dense"],
-                               *(cell(row["axes"].get(a)) for a in axes), str(row["seed"])))
+    rows.sort(
+        key=lambda row: (
+            row["sweep"],
+            str(row["backbone"]),
+            not row["dense"],
+            *(cell(row["axes"].get(a)) for a in axes),
+            str(row["seed"]),
+        )
+    )
     if sort:
         rows = sort_rows(rows, sort, axes)
     finetunes = [r for r in run_rows if not r["dense"]]
-    report = Report(Path(root), axes, rows, aggregated, compute_effects(run_rows, axes),
-                    [r for r in kept if r.state != "done"], multi_sweep, multi_backbone,
-                    Counter(s for r in done if (s := timing_setup(r))),
-                    (sum(r["speedup_paired"] for r in finetunes), len(finetunes)))
+    report = Report(
+        Path(root),
+        axes,
+        rows,
+        aggregated,
+        compute_effects(run_rows, axes),
+        [r for r in kept if r.state != "done"],
+        multi_sweep,
+        multi_backbone,
+        Counter(s for r in done if (s := timing_setup(r))),
+        (sum(r["speedup_paired"] for r in finetunes), len(finetunes)),
+    )
     if paper:
         from .paper import check_paper
 

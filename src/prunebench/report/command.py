@@ -1,17 +1,26 @@
 """``prunebench report``: build the report and print or write it, the plot too."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .build import build_report
 from .plot import PLOT_SUFFIXES, plot_pareto
 from .render import FORMATS, print_table, render
 
 
-def run_report(root: Path, fmt: str = "table", out: Path | None = None, plot: Path | None = None,
-               where: Iterable[str] = (), sort: str | None = None, paper: bool = False, margin: float = 0.5,
-               console=None) -> int:
+def run_report(
+    root: Path,
+    fmt: str = "table",
+    out: Path | None = None,
+    plot: Path | None = None,
+    where: Iterable[str] = (),
+    sort: str | None = None,
+    paper: bool = False,
+    margin: float = 0.5,
+    console=None,
+) -> int:
     """Print or write the report (``paper``: with the verdicts on the paper's findings, ``margin``
     AP for the equivalence finding); returns the exit code (2 on bad input)."""
     from rich.console import Console
@@ -25,7 +34,9 @@ def run_report(root: Path, fmt: str = "table", out: Path | None = None, plot: Pa
         err.print(f"[red]error:[/] --format {fmt!r}: choose one of {', '.join(FORMATS)}")
         return 2
     if plot is not None and Path(plot).suffix.lower() not in PLOT_SUFFIXES:
-        err.print(f"[red]error:[/] --plot {escape(str(plot))}: the file name must end in {', '.join(PLOT_SUFFIXES)}")
+        err.print(
+            f"[red]error:[/] --plot {escape(str(plot))}: the file name must end in {', '.join(PLOT_SUFFIXES)}"
+        )
         return 2
     try:
         report = build_report(Path(root), where, sort, paper=paper, margin=margin)
@@ -33,8 +44,10 @@ def run_report(root: Path, fmt: str = "table", out: Path | None = None, plot: Pa
         err.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     if not report.rows and not report.not_done:
-        err.print(f"[yellow]warning:[/] no run folders under {escape(str(root))} "
-                  "(expected <sweep>/<run_id>/status.json)")
+        err.print(
+            f"[yellow]warning:[/] no run folders under {escape(str(root))} "
+            "(expected <sweep>/<run_id>/status.json)"
+        )
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
@@ -42,8 +55,11 @@ def run_report(root: Path, fmt: str = "table", out: Path | None = None, plot: Pa
                 print_table(report, Console(file=f, width=1000, color_system=None))
             else:
                 f.write(render(report, fmt))
-        console.print(f"wrote {escape(str(out))}: {len(report.rows)} {'settings' if report.aggregated else 'runs'}, "
-                      f"{len(report.not_done)} not done", highlight=False)
+        console.print(
+            f"wrote {escape(str(out))}: {len(report.rows)} {'settings' if report.aggregated else 'runs'}, "
+            f"{len(report.not_done)} not done",
+            highlight=False,
+        )
     elif fmt == "table":
         print_table(report, console)
     else:

@@ -1,10 +1,11 @@
 """The paper's reference values (``paper.json``, with their source) and this study's verdict on
 each of the paper's four findings, plus its best pruned cell beside the paper's headline."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,25 +17,38 @@ if TYPE_CHECKING:
 PAPER_FILE = Path(__file__).with_name("paper.json")
 VERDICT_METRICS = ("box_ap", "mask_ap")  # each finding is judged on both
 HEADLINE = ("d_box_ap", "d_mask_ap", "speedup_full", "speedup_backbone")
-_NUMBERS = ("dense.box_ap", "dense.mask_ap", "dense.fps", "pruned.box_ap", "pruned.mask_ap", "pruned.fps",
-            "pruned.speedup_backbone", "prior.d_box_ap", "prior.d_mask_ap")
+_NUMBERS = (
+    "dense.box_ap",
+    "dense.mask_ap",
+    "dense.fps",
+    "pruned.box_ap",
+    "pruned.mask_ap",
+    "pruned.fps",
+    "pruned.speedup_backbone",
+    "prior.d_box_ap",
+    "prior.d_mask_ap",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_paper(path: Path = PAPER_FILE) -> dict:
     """The reference values; ValueError naming the file and key when one is missing or wrong."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the paper's reference values ({e}); reinstall prunebench") from e
+        raise ValueError(
+            f"{path}: cannot read the paper's reference values ({e}); reinstall prunebench"
+        ) from e
     for dotted in _NUMBERS:
         section, key = dotted.split(".")
         if not isinstance((data.get(section) or {}).get(key), (int, float)):
             raise ValueError(f"{path}: {dotted} must be a number")
     for i, f in enumerate(data.get("findings") or ()):
         if f.get("axis") not in facts.PAPER_DIRECTION or f.get("kind") not in ("better", "equivalent"):
-            raise ValueError(f"{path}: findings[{i}] needs axis in {list(facts.PAPER_DIRECTION)} and "
-                             "kind 'better' or 'equivalent'")
+            raise ValueError(
+                f"{path}: findings[{i}] needs axis in {list(facts.PAPER_DIRECTION)} and "
+                "kind 'better' or 'equivalent'"
+            )
     if not data.get("findings") or not (data.get("source") or {}).get("cite"):
         raise ValueError(f"{path}: needs 'findings' and 'source.cite'")
     return data
@@ -90,34 +104,58 @@ def _judge_interval(low: float, high: float, kind: str, margin: float) -> tuple[
 
 
 def _headline_row(label: str, row: dict) -> dict:
-    return {"label": label, **{k: row.get(k) for k in HEADLINE}, **{f"{k}_std": row.get(f"{k}_std") for k in HEADLINE}}
+    return {
+        "label": label,
+        **{k: row.get(k) for k in HEADLINE},
+        **{f"{k}_std": row.get(f"{k}_std") for k in HEADLINE},
+    }
 
 
 def headline(report: Report, paper: dict) -> list[dict]:
     """The paper's SViT and prior methods beside this study's best pruned cell (highest Δ box AP)
     and its cell with the paper's choice on every axis."""
     dense, pruned, prior = paper["dense"], paper["pruned"], paper["prior"]
-    out = [{"label": f"paper: {pruned['model']}", "d_box_ap": pruned["box_ap"] - dense["box_ap"],
-            "d_mask_ap": pruned["mask_ap"] - dense["mask_ap"], "speedup_full": pruned["fps"] / dense["fps"],
-            "speedup_backbone": pruned["speedup_backbone"]},
-           {"label": f"paper: {prior['model']}", "d_box_ap": prior["d_box_ap"], "d_mask_ap": prior["d_mask_ap"],
-            "speedup_full": None, "speedup_backbone": None}]
-    cells = sorted((r for r in report.rows if not r["dense"] and r["d_box_ap"] is not None),
-                   key=lambda r: (r["d_box_ap"], r["speedup_full"] or 0), reverse=True)
+    out = [
+        {
+            "label": f"paper: {pruned['model']}",
+            "d_box_ap": pruned["box_ap"] - dense["box_ap"],
+            "d_mask_ap": pruned["mask_ap"] - dense["mask_ap"],
+            "speedup_full": pruned["fps"] / dense["fps"],
+            "speedup_backbone": pruned["speedup_backbone"],
+        },
+        {
+            "label": f"paper: {prior['model']}",
+            "d_box_ap": prior["d_box_ap"],
+            "d_mask_ap": prior["d_mask_ap"],
+            "speedup_full": None,
+            "speedup_backbone": None,
+        },
+    ]
+    cells = sorted(
+        (r for r in report.rows if not r["dense"] and r["d_box_ap"] is not None),
+        key=lambda r: (r["d_box_ap"], r["speedup_full"] or 0),
+        reverse=True,
+    )
     svit = {a: better for a, (better, _) in facts.PAPER_DIRECTION.items()}
     ours = [r for r in cells if all(r["axes"].get(a) == v for a, v in svit.items())]
     if cells and ours and ours[0] is cells[0]:
-        out.append(_headline_row(f"this study: best cell = the paper's choices ({cells[0]['label']})", cells[0]))
+        out.append(
+            _headline_row(f"this study: best cell = the paper's choices ({cells[0]['label']})", cells[0])
+        )
     else:
         out += [_headline_row(f"this study: best cell ({cells[0]['label']})", cells[0])] if cells else []
-        out += [_headline_row(f"this study: the paper's choices ({ours[0]['label']})", ours[0])] if ours else []
+        out += (
+            [_headline_row(f"this study: the paper's choices ({ours[0]['label']})", ours[0])] if ours else []
+        )
     return out
 
 
 def check_paper(report: Report, margin: float = 0.5) -> PaperCheck:
     """Verdicts on the paper's findings from ``report.effects`` and the headline comparison."""
     if not margin > 0:
-        raise ValueError(f"--margin {margin:g}: the equivalence margin must be a positive number of AP points")
+        raise ValueError(
+            f"--margin {margin:g}: the equivalence margin must be a positive number of AP points"
+        )
     paper = load_paper()
     effects = {(e.axis, e.metric): e for e in report.effects}
     verdicts = []
@@ -127,5 +165,7 @@ def check_paper(report: Report, margin: float = 0.5) -> PaperCheck:
         direction = f"{better} > {other}" if kind == "better" else f"{better} ≈ {other} (±{margin:g} AP)"
         for metric in VERDICT_METRICS:
             effect = effects.get((axis, metric))
-            verdicts.append(Verdict(i, finding["claim"], axis, direction, metric, effect, *judge(effect, kind, margin)))
+            verdicts.append(
+                Verdict(i, finding["claim"], axis, direction, metric, effect, *judge(effect, kind, margin))
+            )
     return PaperCheck(paper["source"], margin, verdicts, headline(report, paper))

@@ -1,6 +1,7 @@
 """The figure a paper would print: box and mask AP against full-network latency, one marker shape
 per (pruned tokens, reactivation) setting, one colour per (rate, selector) setting, the dense
 model as a reference line, error bars over seeds, and the Pareto front."""
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,14 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _SHAPES = "os^vDP"
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 # Every possible setting gets a fixed style, so a setting looks the same in every report.
-SHAPE_OF = {k: _SHAPES[i] for i, k in enumerate(
-    k for k in product(PRUNING_AXES["pruned_tokens"], PRUNING_AXES["reactivation"])
-    if not impossible(dict(zip(("pruned_tokens", "reactivation"), k))))}
+SHAPE_OF = {
+    k: _SHAPES[i]
+    for i, k in enumerate(
+        k
+        for k in product(PRUNING_AXES["pruned_tokens"], PRUNING_AXES["reactivation"])
+        if not impossible(dict(zip(("pruned_tokens", "reactivation"), k)))
+    )
+}
 COLOUR_OF = {k: _COLOURS[i] for i, k in enumerate(product(PRUNING_AXES["rate"], PRUNING_AXES["selector"]))}
 
 
@@ -63,16 +69,36 @@ def plot_pareto(report: Report, path: Path) -> int:
         for (shape_key, colour_key), group in groups.items():  # one call per style: fast for many points
             shapes[shape_key] = shape = SHAPE_OF.get(shape_key, "X")
             colours[colour_key] = colour = COLOUR_OF.get(colour_key, "tab:gray")
-            ax.errorbar([r["latency_full"] for r in group], [r[key] for r in group],
-                        xerr=[r.get("latency_full_std") or 0.0 for r in group],
-                        yerr=[r.get(f"{key}_std") or 0.0 for r in group], fmt=shape, ms=7, color=colour,
-                        mec="black", mew=0.5, ecolor=colour, elinewidth=0.8, capsize=2, zorder=3, ls="none")
+            ax.errorbar(
+                [r["latency_full"] for r in group],
+                [r[key] for r in group],
+                xerr=[r.get("latency_full_std") or 0.0 for r in group],
+                yerr=[r.get(f"{key}_std") or 0.0 for r in group],
+                fmt=shape,
+                ms=7,
+                color=colour,
+                mec="black",
+                mew=0.5,
+                ecolor=colour,
+                elinewidth=0.8,
+                capsize=2,
+                zorder=3,
+                ls="none",
+            )
         dense = [r for r in pts if r["dense"]]
         if dense:
-            ax.errorbar([r["latency_full"] for r in dense], [r[key] for r in dense],
-                        xerr=[r.get("latency_full_std") or 0.0 for r in dense],
-                        yerr=[r.get(f"{key}_std") or 0.0 for r in dense], fmt="*", ms=14, color="black",
-                        capsize=2, zorder=4, ls="none")
+            ax.errorbar(
+                [r["latency_full"] for r in dense],
+                [r[key] for r in dense],
+                xerr=[r.get("latency_full_std") or 0.0 for r in dense],
+                yerr=[r.get(f"{key}_std") or 0.0 for r in dense],
+                fmt="*",
+                ms=14,
+                color="black",
+                capsize=2,
+                zorder=4,
+                ls="none",
+            )
             for r in dense[:4]:  # a reference line per dense model (a few at most)
                 ax.axhline(r[key], color="black", ls="--", lw=0.9, zorder=1)
         front = pareto_front([(r["latency_full"], r[key]) for r in pts])
@@ -80,23 +106,55 @@ def plot_pareto(report: Report, path: Path) -> int:
             ax.step(*zip(*front), where="post", color="crimson", lw=1.6, alpha=0.85, zorder=5)
         else:
             ax.text(0.5, 0.5, "no finished runs with latency", ha="center", transform=ax.transAxes)
-        ax.set(xlabel="full-network latency (ms)", ylabel=f"{name} (COCO AP@[.5:.95])", title=f"{name} vs latency")
+        ax.set(
+            xlabel="full-network latency (ms)",
+            ylabel=f"{name} (COCO AP@[.5:.95])",
+            title=f"{name} vs latency",
+        )
         ax.grid(alpha=0.3)
         ax.margins(x=0.08, y=0.08)
     legend = dict(fontsize=8, title_fontsize=8, frameon=False)
     order = list(SHAPE_OF) + list(COLOUR_OF)
-    fig.legend(handles=[Line2D([], [], marker=shapes[k], ls="none", color="lightgray", mec="black", ms=8,
-                               label=_name(("pruned_tokens", "reactivation"), k))
-                        for k in sorted(shapes, key=lambda k: order.index(k) if k in order else len(order))],
-               loc="outside lower left", title="marker: pruned tokens / reactivation", **legend)
-    fig.legend(handles=[Line2D([], [], marker="o", ls="none", color=colours[k], ms=8,
-                               label=_name(("rate", "selector"), k))
-                        for k in sorted(colours, key=lambda k: order.index(k) if k in order else len(order))],
-               loc="outside lower center", ncol=2, title="colour: rate / selector", **legend)
-    refs = [Line2D([], [], marker="*", ls="--", color="black", ms=12, label="dense (reference line)"),
-            Line2D([], [], color="crimson", lw=1.4, label="Pareto front")]
-    fig.legend(handles=refs, loc="outside lower right",
-               title="error bars: std over seeds" if report.aggregated else None, **legend)
+    fig.legend(
+        handles=[
+            Line2D(
+                [],
+                [],
+                marker=shapes[k],
+                ls="none",
+                color="lightgray",
+                mec="black",
+                ms=8,
+                label=_name(("pruned_tokens", "reactivation"), k),
+            )
+            for k in sorted(shapes, key=lambda k: order.index(k) if k in order else len(order))
+        ],
+        loc="outside lower left",
+        title="marker: pruned tokens / reactivation",
+        **legend,
+    )
+    fig.legend(
+        handles=[
+            Line2D(
+                [], [], marker="o", ls="none", color=colours[k], ms=8, label=_name(("rate", "selector"), k)
+            )
+            for k in sorted(colours, key=lambda k: order.index(k) if k in order else len(order))
+        ],
+        loc="outside lower center",
+        ncol=2,
+        title="colour: rate / selector",
+        **legend,
+    )
+    refs = [
+        Line2D([], [], marker="*", ls="--", color="black", ms=12, label="dense (reference line)"),
+        Line2D([], [], color="crimson", lw=1.4, label="Pareto front"),
+    ]
+    fig.legend(
+        handles=refs,
+        loc="outside lower right",
+        title="error bars: std over seeds" if report.aggregated else None,
+        **legend,
+    )
     fig.suptitle(str(report.root))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)

@@ -1,11 +1,12 @@
 """Small statistics without scipy: Student-t quantiles, t-intervals over paired differences, and
 the normal-approximation sample size for a paired comparison."""
+
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 ALPHA = 0.05  # two-sided: 95 % intervals
 POWER = 0.8
@@ -29,7 +30,7 @@ def t_two_sided_mass(t: float, df: int) -> float:
     return s * total
 
 
-@lru_cache(maxsize=None)
+@cache
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, e.g.
     t_quantile(0.975, 7) = 2.3646; bisection on theta to 1e-12."""

@@ -11,16 +11,26 @@ Decisions on every call of :meth:`SlurmExecutor.run` (so re-running a sweep is a
 - anything else (never submitted, failed, cancelled, lost) is submitted; a finetune whose dense
   run is finished is submitted without a dependency.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 import time as _time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ...results import LOG_FILE, STATUS_FILE, is_finished, lock_holder, read_json, record_failure, write_status
+from ...results import (
+    LOG_FILE,
+    STATUS_FILE,
+    is_finished,
+    lock_holder,
+    read_json,
+    record_failure,
+    write_status,
+)
 from ..base import DEFAULT_JOB_FN, Executor, load_job_fn
 from . import queue
 from .options import SlurmOptions
@@ -33,8 +43,9 @@ if TYPE_CHECKING:
 class Submitter(Protocol):
     """Puts jobs into the queue: held at submission, released or cancelled later."""
 
-    def submit(self, run_dir: Path, run_id: str, job: Callable[[str], Any],
-               dependency_job_ids: Sequence[str]) -> tuple[str, Path]:
+    def submit(
+        self, run_dir: Path, run_id: str, job: Callable[[str], Any], dependency_job_ids: Sequence[str]
+    ) -> tuple[str, Path]:
         """Submit ``job(str(run_dir))`` held; return its job id and the log of its task 0."""
 
     def release(self, job_id: str) -> None: ...
@@ -57,16 +68,25 @@ class SubmititSubmitter:
         try:
             submitted = ex.submit(job, str(run_dir))
         except Exception as e:
-            raise RuntimeError(f"sbatch refused run {run_id}: {e}\n(submission script: "
-                               f"{folder}/*_submission.sh; check partition/gpus/time/account)") from e
+            raise RuntimeError(
+                f"sbatch refused run {run_id}: {e}\n(submission script: "
+                f"{folder}/*_submission.sh; check partition/gpus/time/account)"
+            ) from e
         return str(submitted.job_id), Path(str(submitted.paths.stdout).replace("%t", "0"))
 
     def release(self, job_id):
         try:
-            subprocess.run(["scontrol", "release", job_id], check=True, capture_output=True, text=True,
-                           timeout=queue.CMD_TIMEOUT_S)
+            subprocess.run(
+                ["scontrol", "release", job_id],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=queue.CMD_TIMEOUT_S,
+            )
         except (OSError, subprocess.SubprocessError) as e:
-            raise RuntimeError(f"could not release Slurm job {job_id}: {getattr(e, 'stderr', '') or e}") from e
+            raise RuntimeError(
+                f"could not release Slurm job {job_id}: {getattr(e, 'stderr', '') or e}"
+            ) from e
 
     def cancel(self, job_id):
         subprocess.run(["scancel", job_id], capture_output=True, timeout=queue.CMD_TIMEOUT_S)
@@ -118,18 +138,25 @@ class SlurmExecutor(Executor):
 
     name = "slurm"
 
-    def __init__(self, options: SlurmOptions | None = None, wait: bool = False, poll_s: float = 10.0,
-                 job_fn: str = DEFAULT_JOB_FN, console: Any = None,
-                 query: Callable[[Sequence[str]], Mapping[str, JobState]] | None = None,
-                 submitter: Submitter | None = None):
+    def __init__(
+        self,
+        options: SlurmOptions | None = None,
+        wait: bool = False,
+        poll_s: float = 10.0,
+        job_fn: str = DEFAULT_JOB_FN,
+        console: Any = None,
+        query: Callable[[Sequence[str]], Mapping[str, JobState]] | None = None,
+        submitter: Submitter | None = None,
+    ):
         if job_fn != DEFAULT_JOB_FN:
             load_job_fn(job_fn)  # a bad reference fails here, not on the node
         self.options = options or SlurmOptions()
         self.wait, self.poll_s, self.job_fn = wait, poll_s, job_fn
         self._console, self._query, self._submitter = console, query or queue.query, submitter
 
-    def plan(self, sweep_dir: Path, runs: Sequence[RunSpec],
-             live: Mapping[str, JobState]) -> list[tuple[RunSpec, str, str]]:
+    def plan(
+        self, sweep_dir: Path, runs: Sequence[RunSpec], live: Mapping[str, JobState]
+    ) -> list[tuple[RunSpec, str, str]]:
         """(spec, action, why) per run, dependencies first. ``live``: job id -> state. Actions:
         ``done`` (finished), ``keep`` (its job has not ended), ``elsewhere`` (locked by a live
         process elsewhere), ``later`` (depends on such a run), ``submit``, ``resubmit`` (cancel
@@ -147,8 +174,10 @@ class SlurmExecutor(Executor):
                 continue
             for dep in spec.depends_on:
                 if dep not in ids and not is_finished(sweep_dir / dep):
-                    raise ValueError(f"run {spec.run_id} depends on {dep}, which is neither finished "
-                                     "nor part of this submission; run the whole sweep")
+                    raise ValueError(
+                        f"run {spec.run_id} depends on {dep}, which is neither finished "
+                        "nor part of this submission; run the whole sweep"
+                    )
             job = _job_of(run_dir)
             state = live.get(job) if job else None
             phase = state.phase if state else Phase.ENDED
@@ -159,8 +188,13 @@ class SlurmExecutor(Executor):
                 away.add(spec.run_id)
                 continue
             if blocked:
-                out.append((spec, "later", f"waits for {blocked[0]}, running elsewhere; re-run the sweep "
-                                           "once it has finished"))
+                out.append(
+                    (
+                        spec,
+                        "later",
+                        f"waits for {blocked[0]}, running elsewhere; re-run the sweep once it has finished",
+                    )
+                )
                 away.add(spec.run_id)
                 continue
             if phase is Phase.NEVER:
@@ -175,7 +209,11 @@ class SlurmExecutor(Executor):
                     out.append((spec, "keep", f"job {job} {state.state.lower()}"))
                     continue
             else:
-                why = f"job {job} ended {state.state if state else 'unknown to Slurm'}" if job else "not submitted yet"
+                why = (
+                    f"job {job} ended {state.state if state else 'unknown to Slurm'}"
+                    if job
+                    else "not submitted yet"
+                )
                 out.append((spec, "submit", why))
             fresh.add(spec.run_id)
         return out
@@ -194,11 +232,19 @@ class SlurmExecutor(Executor):
         from .job import SlurmRunJob
 
         run_dir = Path(sweep_dir) / spec.run_id
-        job_id, log = submitter.submit(run_dir, spec.run_id, SlurmRunJob(self.job_fn, self.options.launcher), deps)
+        job_id, log = submitter.submit(
+            run_dir, spec.run_id, SlurmRunJob(self.job_fn, self.options.launcher), deps
+        )
         _link_log(run_dir, log)
         after = f" after {','.join(deps)}" if deps else ""
-        write_status(run_dir, "pending", slurm_job_id=job_id, attempts=0,
-                     reason=f"queued as Slurm job {job_id}{after}", slurm_log=str(log))
+        write_status(
+            run_dir,
+            "pending",
+            slurm_job_id=job_id,
+            attempts=0,
+            reason=f"queued as Slurm job {job_id}{after}",
+            slurm_log=str(log),
+        )
         try:
             submitter.release(job_id)
         except RuntimeError as e:
@@ -213,8 +259,10 @@ class SlurmExecutor(Executor):
         submitter = self._submitter
         if submitter is None:
             if shutil.which("sbatch") is None:
-                raise RuntimeError("sbatch not found: the Slurm executor must run on a Slurm login node "
-                                   "(or start the local test cluster: bash scripts/slurm_cluster.sh start)")
+                raise RuntimeError(
+                    "sbatch not found: the Slurm executor must run on a Slurm login node "
+                    "(or start the local test cluster: bash scripts/slurm_cluster.sh start)"
+                )
             submitter = SubmititSubmitter(self.options, sweep_dir)
         states: dict[str, str] = {}
         job_of: dict[str, str] = {}
@@ -236,19 +284,24 @@ class SlurmExecutor(Executor):
                 deps = [job_of[d] for d in spec.depends_on if d in job_of]
                 job_of[rid] = self._submit(submitter, sweep_dir, spec, deps)
                 states[rid] = "submitted"
-                self._log(f"{rid}: submitted as Slurm job {job_of[rid]}"
-                          f"{' (afterok ' + ','.join(deps) + ')' if deps else ''} -- {why}")
+                self._log(
+                    f"{rid}: submitted as Slurm job {job_of[rid]}"
+                    f"{' (afterok ' + ','.join(deps) + ')' if deps else ''} -- {why}"
+                )
         if self.wait and job_of:
             try:
                 states.update(self._wait(sweep_dir, job_of, runs, submitter))
             except KeyboardInterrupt:
-                self._log(f"stopped waiting; the {len(job_of)} Slurm jobs go on (prunebench status "
-                          f"{sweep_dir} follows them; re-running the sweep does not submit them twice)")
+                self._log(
+                    f"stopped waiting; the {len(job_of)} Slurm jobs go on (prunebench status "
+                    f"{sweep_dir} follows them; re-running the sweep does not submit them twice)"
+                )
                 raise
         return states
 
-    def _wait(self, sweep_dir: Path, job_of: dict[str, str], runs: Sequence[RunSpec],
-              submitter: Submitter) -> dict[str, str]:
+    def _wait(
+        self, sweep_dir: Path, job_of: dict[str, str], runs: Sequence[RunSpec], submitter: Submitter
+    ) -> dict[str, str]:
         """Poll until every job has ended; returns final run states and records failures."""
         deps = {r.run_id: r.depends_on for r in runs}
         final: dict[str, str] = {}
@@ -273,8 +326,16 @@ class SlurmExecutor(Executor):
                 _time.sleep(self.poll_s)
         return final
 
-    def _finish(self, run_dir: Path, rid: str, jid: str, state: JobState | None, deps: Sequence[str],
-                final: Mapping[str, str], submitter: Submitter) -> str:
+    def _finish(
+        self,
+        run_dir: Path,
+        rid: str,
+        jid: str,
+        state: JobState | None,
+        deps: Sequence[str],
+        final: Mapping[str, str],
+        submitter: Submitter,
+    ) -> str:
         if is_finished(run_dir):
             self._log(f"[green]done[/] {rid} (Slurm job {jid})")
             return "done"
@@ -286,8 +347,9 @@ class SlurmExecutor(Executor):
             self._log(f"[yellow]skipped[/] {rid}: {why}")
             return "skipped"
         name = state.state if state else None
-        status = record_failure(run_dir, f"Slurm job {jid} ended {name or 'unknown'} without metrics.json",
-                                slurm_state=name)
+        status = record_failure(
+            run_dir, f"Slurm job {jid} ended {name or 'unknown'} without metrics.json", slurm_state=name
+        )
         log = status.get("slurm_log") or str(run_dir / "slurm")
         self._log(f"[red]failed[/] {rid}: Slurm job {jid} {name or 'gone'} (log: {log})")
         return "failed"

@@ -1,4 +1,5 @@
 """What one Slurm task runs: a checkpointable callable around the job function."""
+
 from __future__ import annotations
 
 import os
@@ -34,20 +35,33 @@ class SlurmRunJob(Checkpointable):
         with holding_lock(run_dir):
             if writer and job_id:  # attempts survive requeues: write_status keeps the field
                 old = read_json(Path(run_dir) / STATUS_FILE) or {}
-                write_status(run_dir, "running", slurm_job_id=job_id, attempts=int(old.get("attempts", 0)) + 1,
-                             phase="start", node=os.uname().nodename)
+                write_status(
+                    run_dir,
+                    "running",
+                    slurm_job_id=job_id,
+                    attempts=int(old.get("attempts", 0)) + 1,
+                    phase="start",
+                    node=os.uname().nodename,
+                )
             try:
                 result = load_job_fn(self.fn)(run_dir, launcher=self.launcher)
             except BaseException as e:
                 if writer and self._requeued:  # submitit requeued the job and exits (SystemExit), or
                     # Slurm's requeue kill hit its `scontrol requeue` first (CalledProcessError)
-                    write_status(run_dir, "pending", reason=f"preempted or timed out: Slurm job {job_id} "
-                                 "requeued; it resumes from the last checkpoint")
+                    write_status(
+                        run_dir,
+                        "pending",
+                        reason=f"preempted or timed out: Slurm job {job_id} "
+                        "requeued; it resumes from the last checkpoint",
+                    )
                 elif writer:
                     record_failure(run_dir, f"{type(e).__name__}: {e}", keep=("failed", "pending"))
                 raise
-            if writer and is_finished(Path(run_dir)) and \
-                    (read_json(Path(run_dir) / STATUS_FILE) or {}).get("state") == "running":
+            if (
+                writer
+                and is_finished(Path(run_dir))
+                and (read_json(Path(run_dir) / STATUS_FILE) or {}).get("state") == "running"
+            ):
                 write_status(run_dir, "done")  # e.g. run_job found the run already finished
             return result
 

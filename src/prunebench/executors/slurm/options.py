@@ -1,12 +1,14 @@
 """Cluster resources of a sweep's Slurm jobs: one dataclass, filled from the grid's ``slurm:``
 section and the command line (which wins), checked before anything is submitted."""
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 
 def parse_time(value: int | float | str) -> int:
@@ -21,8 +23,10 @@ def parse_time(value: int | float | str) -> int:
     text = str(value).strip()
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not m:
-        raise ValueError(f"invalid Slurm time {value!r}; use minutes or one of MM, MM:SS, HH:MM:SS, "
-                         "D-HH, D-HH:MM, D-HH:MM:SS (e.g. 24:00:00 or 1-12:00:00)")
+        raise ValueError(
+            f"invalid Slurm time {value!r}; use minutes or one of MM, MM:SS, HH:MM:SS, "
+            "D-HH, D-HH:MM, D-HH:MM:SS (e.g. 24:00:00 or 1-12:00:00)"
+        )
     days, a, b, c = m.groups()
     a, b, c = int(a), int(b or 0), int(c or 0)
     if days is not None:  # D-HH[:MM[:SS]]
@@ -71,8 +75,10 @@ def parse_sbatch_args(args: Mapping[str, Any] | Sequence[str] | str | None) -> d
     for arg in args:
         m = re.fullmatch(r"--([a-z][a-z0-9-]*)(?:=(.*))?", str(arg))
         if not m:
-            raise ValueError(f"invalid sbatch argument {arg!r}; give long options such as "
-                             "--constraint=a100 or --exclusive (or a dict)")
+            raise ValueError(
+                f"invalid sbatch argument {arg!r}; give long options such as "
+                "--constraint=a100 or --exclusive (or a dict)"
+            )
         out[m.group(1)] = True if m.group(2) is None else m.group(2)
     return out
 
@@ -145,16 +151,25 @@ class SlurmOptions:
     def sbatch_parameters(self, run_id: str, dependency_job_ids: Sequence[str] = ()) -> dict[str, Any]:
         """Keyword arguments for ``submitit.SlurmExecutor.update_parameters`` of one run."""
         params: dict[str, Any] = {
-            "job_name": run_id, "time": self.time, "nodes": 1, "ntasks_per_node": max(1, self.gpus_per_job),
-            "signal_delay_s": self.signal_delay_s, "stderr_to_stdout": True,
+            "job_name": run_id,
+            "time": self.time,
+            "nodes": 1,
+            "ntasks_per_node": max(1, self.gpus_per_job),
+            "signal_delay_s": self.signal_delay_s,
+            "stderr_to_stdout": True,
             # --requeue: preempted jobs go back to the queue; --hold: released once status.json
             # records the job id (so the submitter never overwrites what the job wrote).
             "additional_parameters": {"requeue": True, "hold": True, **self.sbatch_args},
         }
         if self.gpus_per_job:
             params["gpus_per_node"] = self.gpus_per_job
-        optional = {"partition": self.partition, "cpus_per_task": self.cpus_per_task, "mem": self.mem,
-                    "account": self.account, "qos": self.qos}
+        optional = {
+            "partition": self.partition,
+            "cpus_per_task": self.cpus_per_task,
+            "mem": self.mem,
+            "account": self.account,
+            "qos": self.qos,
+        }
         params.update({k: v for k, v in optional.items() if v is not None})
         if dependency_job_ids:
             params["dependency"] = "afterok:" + ":".join(map(str, dependency_job_ids))

@@ -1,18 +1,20 @@
 """One question to Slurm: in what state are these jobs? ``squeue`` for the jobs slurmctld still
 holds, ``sacct`` for older ones; the answer is structured (:class:`JobState`, :class:`Phase`).
 Light on purpose: ``prunebench status`` imports it (lazily) for the live Slurm state."""
+
 from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
 
 CMD_TIMEOUT_S = 60
 # Slurm job states (squeue %T / sacct State) of a job that has not ended.
-RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "SIGNALING",
-                            "STAGE_OUT", "STOPPED"})
+RUNNING_STATES = frozenset(
+    {"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+)
 QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"})
 # Pending reason codes (squeue %r) that need action: the job will never start by itself.
 NEVER_REASONS = frozenset({"DependencyNeverSatisfied"})
@@ -71,7 +73,9 @@ def query(job_ids: Sequence[str]) -> dict[str, JobState]:
         return {}
     out: dict[str, JobState] = {}
     # Unknown ids are left out (squeue fails only when it knows none of them).
-    for line in (_run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"]) or "").splitlines():
+    for line in (
+        _run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"]) or ""
+    ).splitlines():
         parts = line.strip().split("|")
         if len(parts) == 3 and parts[0] in ids:
             reason = parts[2].strip()
