@@ -92,7 +92,7 @@ SCHEDULE_KEYS = (
     "clip_grad",
     "amp",
 )
-STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_iters")
+STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_iters", "checkpoint_interval")
 #: The paper's stages (official configs): dense AdamW 1e-4 / wd 0.05 for 36 epochs; pruned
 #: finetune AdamW 1e-5 / wd 1e-6. A finetune never inherits the dense lr or weight decay.
 STAGE_DEFAULTS = {
@@ -372,6 +372,8 @@ def _check_stage(c: _Checker, key: str, raw: Any, defaults: dict) -> dict:
         c.typed(f"{key}.{k}", st[k], (int, float), "a number")
     if "warmup_iters" in st:
         c.count(f"{key}.warmup_iters", st["warmup_iters"], minimum=0)
+    if "checkpoint_interval" in st:
+        c.count(f"{key}.checkpoint_interval", st["checkpoint_interval"])
     if "milestones" in st:
         length = st.get("iters", st.get("epochs"))
         ms = st["milestones"]
