@@ -727,7 +727,7 @@ def smoke_grid(tmp_path: Path, name: str, dense_iters: int, ckpt_every: int) -> 
         log_interval=1,
         checkpoint_interval=ckpt_every,
     )
-    grid["bench"] = {"input_size": [64, 64], "warmup": 1, "repeats": 2}
+    grid["bench"] = {"images": 4, "warmup": 1, "repeats": 2}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(grid))
     return path
