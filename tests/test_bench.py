@@ -9,7 +9,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from prunebench.bench import (
-    CONFIGS,
     _gflops,
     _load_config,
     build_detector,
@@ -23,10 +22,11 @@ from prunebench.bench import (
     vit_block_gflops,
 )
 from prunebench.cli import app
+from prunebench.configs import TEMPLATE_DIR
 from prunebench.data import make_synthetic_coco
 from prunebench.models.selectors import num_kept
 
-CPU_CFG = str(CONFIGS / "mask_rcnn_vit_cpu.py")  # embed_dim 96, depth 4, 3 heads, slim heads
+CPU_CFG = str(TEMPLATE_DIR / "mask_rcnn_vit_cpu.py")  # embed_dim 96, depth 4, 3 heads, slim heads
 PRUNE = dict(prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.5, 0.3])
 HW = (64, 96)
 N = 24

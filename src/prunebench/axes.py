@@ -49,6 +49,9 @@ TIMM_NAMES: dict[str, str] = {
 REFERENCE_LAYERS: list[int] = [3, 4, 5, 6, 7, 8, 9, 10, 11]
 REFERENCE_RATIOS: list[float] = [0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343]
 
+#: precisions a benchmark can run in (autocast dtypes besides plain fp32).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+
 IMPOSSIBLE_REASON = (
     "discard + reactivation: a discarded token has no state to come back with "
     "(reactivation needs pruned_tokens=preserve)"

@@ -35,9 +35,11 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from .axes import PRECISIONS, REFERENCE_LAYERS, REFERENCE_RATIOS
+from .configs import TEMPLATE_DIR, TEMPLATES
+
 __all__ = [
     "DTYPES",
-    "REFERENCE_SCHEDULE",
     "autocast",
     "build_detector",
     "latency_stats",
@@ -48,11 +50,8 @@ __all__ = [
     "vit_block_gflops",
 ]
 
-CONFIGS = Path(__file__).parent / "configs"
-#: Selectors before blocks 4..12 (1-based); keep ratios are fractions of all N tokens.
-REFERENCE_SCHEDULE = dict(prune_layers=list(range(3, 12)), keep_ratios=[0.7] * 3 + [0.49] * 3 + [0.343] * 3)
 #: bench dtype -> autocast dtype (None: plain fp32).
-DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES: dict[str, Optional[torch.dtype]] = dict(zip(PRECISIONS, (None, torch.float16, torch.bfloat16)))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -149,7 +148,7 @@ def _load_config(config: Optional[str]):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    cfg = Config.fromfile(config or str(CONFIGS / "mask_rcnn_vit.py"))
+    cfg = Config.fromfile(config or str(TEMPLATE_DIR / TEMPLATES["mask-rcnn-vit"]))
     init_default_scope(cfg.get("default_scope", "mmdet"))
     return cfg
 
@@ -523,8 +522,8 @@ def run_bench(
     from rich.table import Table
 
     schedule = dict(
-        prune_layers=list(REFERENCE_SCHEDULE["prune_layers"] if prune_layers is None else prune_layers),
-        keep_ratios=list(REFERENCE_SCHEDULE["keep_ratios"] if keep_ratios is None else keep_ratios),
+        prune_layers=list(REFERENCE_LAYERS if prune_layers is None else prune_layers),
+        keep_ratios=list(REFERENCE_RATIOS if keep_ratios is None else keep_ratios),
     )
     torch.manual_seed(seed)
     dense = build_detector(arch, config, **backbone_kwargs)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .axes import ARCHS, AXIS_DEFAULTS, PRUNING_AXES, REFERENCE_LAYERS, REFERENCE_RATIOS
+from .axes import ARCHS, AXIS_DEFAULTS, PRECISIONS, PRUNING_AXES, REFERENCE_LAYERS, REFERENCE_RATIOS
 from .configs import TEMPLATES, base_path
 
 SECTIONS = (
@@ -100,7 +100,6 @@ STAGE_DEFAULTS = {
     "finetune": {"epochs": 6, "lr": 1e-5, "weight_decay": 1e-6},
 }
 BENCH_KEYS = ("images", "warmup", "repeats", "dtype")
-DTYPES = ("fp32", "fp16", "bf16")
 SLURM_KEYS = ("partition", "gpus_per_job", "cpus_per_task", "mem", "time", "account", "qos", "sbatch_args")
 #: grid sections a `per_value` setting may change (besides dotted MMEngine config keys).
 PER_VALUE_SECTIONS = ("backbone", "schedule")
@@ -414,8 +413,10 @@ def _check_bench(c: _Checker, raw: Any) -> dict:
             c.count(f"bench.{k}", bench[k], minimum=0 if k == "warmup" else 1)
     if "repeats" in bench:
         c.count("bench.repeats", bench["repeats"])
-    if bench.get("dtype", "fp32") not in DTYPES:
-        raise c.fail("bench.dtype", f"unknown dtype {bench['dtype']!r}", f"use one of {', '.join(DTYPES)}")
+    if bench.get("dtype", "fp32") not in PRECISIONS:
+        raise c.fail(
+            "bench.dtype", f"unknown dtype {bench['dtype']!r}", f"use one of {', '.join(PRECISIONS)}"
+        )
     return bench
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 
 from mmengine.hooks import Hook
@@ -28,15 +27,12 @@ from .results import (
     RunLocked,
     atomic_write_json,
     is_finished,
+    is_writer,
     read_json,
-    run_lock,
     write_status,
+    writer_lock,
 )
 from .spec import RunSpec
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def _world_size() -> int:
@@ -159,7 +155,7 @@ def run_job(run_dir: str | Path, launcher: str = "none") -> dict:
     run's lock throughout: raises ``RunLocked`` (writing nothing) when a live process elsewhere
     runs it."""
     run_dir = Path(run_dir).resolve()
-    with run_lock(run_dir) if _rank() == 0 else nullcontext():
+    with writer_lock(run_dir):
         return _run_locked(run_dir, launcher)
 
 
@@ -167,7 +163,7 @@ def _run_locked(run_dir: Path, launcher: str) -> dict:
     if is_finished(run_dir):
         return read_json(run_dir / METRICS_FILE)
     spec = RunSpec.from_json(read_json(run_dir / RUN_FILE) or {})
-    rank0 = _rank() == 0
+    rank0 = is_writer()
     if rank0:
         write_status(
             run_dir,
@@ -214,19 +210,19 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
             f"{spec.depends_on} first (prunebench sweep runs it automatically)"
         )
     runner = Runner.from_cfg(cfg)
-    if _rank() == 0:
+    if is_writer():
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")
     t0 = time.time()
     runner.train()
     train_time = time.time() - t0
-    if _rank() == 0:
+    if is_writer():
         write_status(run_dir, "running", phase="test")
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     keep = _keep_ratio_recorder(model.backbone)
     raw = runner.test()
     keep_stats = keep()
     bench_cfg = spec.bench
-    if _rank() == 0:
+    if is_writer():
         write_status(run_dir, "running", phase="bench")
     model.eval()
     bench = measure_run(

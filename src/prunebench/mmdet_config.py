@@ -8,6 +8,7 @@ so MMDetection's own ``tools/train.py`` and ``tools/test.py`` can run it.
 from __future__ import annotations
 
 import copy
+import functools
 import pprint
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def unknown_argument(base: dict, key: str) -> str | None:
     )
 
 
-def _accepted_arguments(type_name: str) -> set[str] | None:
+@functools.cache
+def _accepted_arguments(type_name: str) -> frozenset[str] | None:
     """Keyword arguments of a registered model component, following ``**kwargs`` up its bases;
     None when the component is unknown or takes any keyword."""
     import inspect
@@ -104,7 +106,7 @@ def _accepted_arguments(type_name: str) -> set[str] | None:
         params = inspect.signature(klass.__init__).parameters.values()
         names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
         if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names
+            return frozenset(names)
     return None
 
 

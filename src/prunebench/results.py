@@ -17,12 +17,12 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .axes import PRUNING_AXES as _AXES
+from .axes import PRUNING_AXES
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.py"
@@ -155,6 +155,17 @@ def lock_holder(run_dir: Path) -> LockHolder | None:
         os.close(fd)
 
 
+def is_writer() -> bool:
+    """True in the process that writes a run's files: rank 0 of a distributed job, or a plain one."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def writer_lock(run_dir: str | Path):
+    """The run's lock for the writer process (raises ``RunLocked`` when held elsewhere); the other
+    ranks of a distributed job hold nothing."""
+    return run_lock(Path(run_dir)) if is_writer() else nullcontext()
+
+
 @contextmanager
 def run_lock(run_dir: Path, wait_s: float = 1.0) -> Iterator[None]:
     """Hold the run's exclusive ``fcntl`` lock (``run.lock``, naming host and pid) for the block:
@@ -212,7 +223,6 @@ def run_lock(run_dir: Path, wait_s: float = 1.0) -> Iterator[None]:
 MISSING = "missing"  # no result yet where one is expected (no status.json, or "done" without metrics)
 CORRUPT = "corrupt"  # a file exists but cannot be used (invalid JSON, metrics without box_ap...)
 _RUN_MARKERS = (RUN_FILE, STATUS_FILE, METRICS_FILE, CONFIG_FILE)
-PRUNING_AXES = tuple(_AXES)  # axis names, in display order
 
 
 def _num(value: Any) -> float | None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..results import run_lock
+from ..results import writer_lock
 
 if TYPE_CHECKING:
     from ..spec import RunSpec
@@ -42,19 +40,8 @@ def load_job_fn(ref: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def is_writer() -> bool:
-    """True in the process that writes the run's files: rank 0 of a distributed job, or a plain one."""
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
-
-
-def holding_lock(run_dir: str | Path):
-    """The run's lock for the writer process (raises ``RunLocked`` when held elsewhere); other ranks
-    of a distributed job hold nothing."""
-    return run_lock(Path(run_dir)) if is_writer() else nullcontext()
-
-
 def call_job(ref: str, run_dir: str | Path, launcher: str = "none") -> Any:
     """Call the job function ``ref`` on ``run_dir`` holding the run's lock for the whole call."""
     fn = load_job_fn(ref)
-    with holding_lock(run_dir):
+    with writer_lock(run_dir):
         return fn(str(run_dir), launcher=launcher)

@@ -241,7 +241,7 @@ class PrunedViT(BaseModule):
                 if s != current:  # a new decision: every layer with reactivation, else per stage
                     current = s
                     available = None if self.reactivation or keep is None else keep > 0.5
-                    if not self.selectors[s].calibrated:
+                    if self.selectors[s].needs_calibration():
                         self.selectors[s].calibrate(x, available)
                     logits = self.selectors[s](x, available)
                     new = keep_decision(

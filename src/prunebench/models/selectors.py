@@ -49,6 +49,17 @@ class Selector(nn.Module):
         super().__init__()
         self.register_buffer("calibrated", torch.tensor(False))
         self.share = 0.5
+        self._calibrated_seen = False  # the buffer read once on the host, not on every forward
+
+    def needs_calibration(self) -> bool:
+        """True until calibrated; reads the (device) buffer only until it is True."""
+        if not self._calibrated_seen:
+            self._calibrated_seen = bool(self.calibrated)
+        return not self._calibrated_seen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._calibrated_seen = False  # re-read the loaded buffer
 
     def init_keep_share(self, share: float) -> None:
         """Keep about ``share`` of the tokens it may keep (``logit(share)`` bias)."""
@@ -73,6 +84,7 @@ class Selector(nn.Module):
             gap = -float(torch.quantile(score, 1 - self.share))
             b.copy_(torch.tensor([gap / 2, -gap / 2], dtype=b.dtype))
         self.calibrated.fill_(True)
+        self._calibrated_seen = True
 
 
 class MlpSelector(Selector):

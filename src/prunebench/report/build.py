@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import axes as facts
-from ..results import PRUNING_AXES, Run, scan_results
+from ..axes import PRUNING_AXES
+from ..results import Run, scan_results
 from .stats import POWER, mean_sd, pairs_needed, t_interval
 
 if TYPE_CHECKING:

@@ -8,8 +8,16 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from ...results import STATUS_FILE, is_finished, read_json, record_failure, write_status
-from ..base import DEFAULT_JOB_FN, holding_lock, is_writer, load_job_fn
+from ...results import (
+    STATUS_FILE,
+    is_finished,
+    is_writer,
+    read_json,
+    record_failure,
+    write_status,
+    writer_lock,
+)
+from ..base import DEFAULT_JOB_FN, load_job_fn
 
 
 class SlurmRunJob(Checkpointable):
@@ -32,7 +40,7 @@ class SlurmRunJob(Checkpointable):
             # A port per job: two multi-GPU jobs sharing a node must not both use 29500.
             os.environ.setdefault("MASTER_PORT", str(20000 + int(job_id) % 20000))
         self._requeued = False
-        with holding_lock(run_dir):
+        with writer_lock(run_dir):
             if writer and job_id:  # attempts survive requeues: write_status keeps the field
                 old = read_json(Path(run_dir) / STATUS_FILE) or {}
                 write_status(
