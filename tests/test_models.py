@@ -1,14 +1,13 @@
 """PrunedViT, selectors and PrunedMaskRCNN on tiny CPU inputs (random init)."""
 
 import itertools
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from prunebench.models import PrunedMaskRCNN, PrunedViT, keep_decision
+from prunebench.models import PrunedMaskRCNN, PrunedViT, keep_decision, pruned_backbone
 
 TINY = dict(embed_dim=96, depth=4, num_heads=3, out_channels=32)
 PRUNE = dict(prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.5, 0.3])
@@ -326,11 +325,12 @@ def test_stage_selectors_hold_their_decision(reactivation):
 
 
 @pytest.mark.parametrize("axes", VALID, ids=axes_id)
-def test_fresh_selectors_start_near_target(axes):
-    """Every cell: a fresh model's training-mode decisions keep the target share of all tokens
-    (within 0.1) at each pruning layer, and the fixed rate keeps it exactly at inference."""
+def test_calibrated_selectors_start_near_target(axes):
+    """Every cell, ``selector_init="calibrated"``: a fresh model's training-mode decisions keep the
+    target share of all tokens (within 0.1) at each pruning layer, and the fixed rate keeps it
+    exactly at inference."""
     torch.manual_seed(0)
-    m = PrunedViT(**REF, **axes).train()
+    m = PrunedViT(**REF, **axes, selector_init="calibrated").train()
     x = torch.randn(4, 3, 224, 320, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         m(x)
@@ -347,14 +347,14 @@ def test_fresh_selectors_start_near_target(axes):
 
 
 def test_selectors_calibrate_once_and_keep_it_in_checkpoints():
-    m = make(rate="dynamic").train()
+    m = make(rate="dynamic", selector_init="calibrated").train()
     assert not any(bool(s.calibrated) for s in m.selectors)
     m(image())
     assert all(bool(s.calibrated) for s in m.selectors)
     state = {k: v.clone() for k, v in m.state_dict().items()}
     m(image(seed=5))  # a second batch changes nothing
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items() if k.startswith("selectors."))
-    again = make(rate="dynamic", seed=3)
+    again = make(rate="dynamic", seed=3, selector_init="calibrated")
     again.load_state_dict(state)
     assert all(bool(s.calibrated) for s in again.selectors)
     again.train()(image(seed=5))
@@ -377,7 +377,7 @@ def test_arch_dimensions():
 
 def test_dense_checkpoint_loads_into_pruned_model(monkeypatch):
     logged = []
-    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log", lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(pruned_backbone, "print_log", lambda msg, **kw: logged.append(msg))
     dense = PrunedViT(**TINY)
     pruned = make(selector="gating")
     fresh = {k: v.clone() for k, v in pruned.state_dict().items() if k.startswith("selectors.")}
@@ -481,7 +481,7 @@ def test_dense_detector_checkpoint_loads_into_pruned_detector(tmp_path, monkeypa
     from prunebench.configs import TEMPLATE_DIR as CONFIGS
 
     logged = []
-    monkeypatch.setattr(sys.modules[PrunedViT.__module__], "print_log", lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(pruned_backbone, "print_log", lambda msg, **kw: logged.append(msg))
     cfg = str(CONFIGS / "mask_rcnn_vit_cpu.py")
     dense = build_detector("deit-tiny", cfg)
     torch.save({"state_dict": dense.state_dict()}, tmp_path / "dense.pth")

@@ -1,10 +1,11 @@
-"""Token-pruning models; importing this package registers ``PrunedViT`` and ``PrunedMaskRCNN``
+"""Token-pruning models; importing this package registers ``PrunedViT``, ``PrunedViTAdapter`` and
+``PrunedMaskRCNN``
 in MMDetection's ``MODELS`` registry and lets ``torch.load(weights_only=True)`` read MMEngine's
 checkpoints (exactly the types they hold), so a generated ``config.py``, whose ``custom_imports``
 names this package, resumes and finetunes under MMDetection's own ``tools/train.py`` and
 ``tools/test.py``.
 
-``pruned_vit``, ``selectors`` and ``blocks`` need only torch, timm and mmengine: where
+The backbones, selectors and blocks need only torch, timm and mmengine: where
 MMDetection is not installed (a bare GPU machine running ``scripts/gpu_bench.py``) the package
 imports without the detector and without registering anything.
 """
@@ -13,8 +14,9 @@ from importlib.util import find_spec
 
 from .pruned_vit import ARCHS, PrunedViT
 from .selectors import GatingSelector, MlpSelector, keep_decision
+from .vit_adapter import PrunedViTAdapter
 
-__all__ = ["PrunedViT", "ARCHS", "MlpSelector", "GatingSelector", "keep_decision"]
+__all__ = ["PrunedViT", "PrunedViTAdapter", "ARCHS", "MlpSelector", "GatingSelector", "keep_decision"]
 
 if find_spec("mmdet") is not None:  # an installed but broken MMDetection still raises here
     from mmdet.registry import MODELS
@@ -23,5 +25,6 @@ if find_spec("mmdet") is not None:  # an installed but broken MMDetection still 
     from .detector import PrunedMaskRCNN  # noqa: F401  (registers itself)
 
     MODELS.register_module(module=PrunedViT)
+    MODELS.register_module(module=PrunedViTAdapter)
     allow_mmengine_checkpoints()
     __all__.append("PrunedMaskRCNN")

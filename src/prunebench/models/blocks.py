@@ -11,6 +11,8 @@ computes the largest image's token count for every image (``scripts/gpu_bench.py
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from timm.models.vision_transformer import Block
 
@@ -19,13 +21,18 @@ __all__ = ["SPARSE_MODES", "gated_block", "sparse_block", "resolve_mode"]
 SPARSE_MODES = ("auto", "loop", "padded")
 
 
-def gated_block(blk: Block, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Masked path: pruned tokens are not attention keys, and the block's residual updates
-    are multiplied by ``keep`` ``(B, N)`` (0/1 values, straight-through gradient in training)."""
-    attend = (keep > 0.5)[:, None, None]  # bool key mask: valid under autocast in any dtype
-    gate = keep.to(x.dtype).unsqueeze(-1)
-    x = x + gate * blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), attn_mask=attend)))
-    return x + gate * blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+def gated_block(
+    blk: Block, x: torch.Tensor, gate: torch.Tensor, attend: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Masked path: the block runs on all tokens with ``attend`` (bool ``(B, N)``; default
+    ``gate > 0.5``) as attention keys, and its output is gated as a whole, as the official code:
+    ``x + gate * (blk(x) - x)`` with ``gate`` ``(B, N)`` of 0/1 values (straight-through in
+    training), so pruned tokens keep their value. An image that keeps no token attends to all
+    (its gate is 0 everywhere, so only the gradient sees the block)."""
+    attend = gate > 0.5 if attend is None else attend
+    attend = attend | ~attend.any(dim=1, keepdim=True)  # an image with no kept token: no NaN rows
+    y = blk(x, attn_mask=attend[:, None, None])  # bool key mask: valid under autocast in any dtype
+    return x + gate.to(x.dtype).unsqueeze(-1) * (y - x)
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:

@@ -1,11 +1,12 @@
-"""ImageNet DeiT checkpoints -> PrunedViT weights.
+"""ImageNet DeiT checkpoints -> the ViT weights of PrunedViT and PrunedViTAdapter.
 
 Accepted files: the official DeiT release (``{'model': state_dict}``), a plain timm state dict
 (``.pth`` / ``.bin``, possibly under ``state_dict``) and ``.safetensors`` as timm's hub files are
 stored. The conversion drops the class/distillation tokens and the classification heads, cuts
 their slots off ``pos_embed`` and interpolates it when the pretraining grid differs from the
-model's. Every ViT tensor of the model (patch embedding, ``pos_embed``, blocks, final norm) must
-come from the file with the same shape; the pyramid and the selectors start fresh.
+model's. Every ViT tensor of the model (patch embedding, ``pos_embed``, blocks, PrunedViT's final
+norm) must come from the file with the same shape; the modules the model names in ``FRESH``
+(pyramid or adapter, selectors) start fresh.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class LoadReport:
         ignored = ", ".join(self.ignored[:6]) + (", ..." if len(self.ignored) > 6 else "")
         notes = f"; {'; '.join(self.notes)}" if self.notes else ""
         return (
-            f"PrunedViT: loaded {len(self.loaded)} tensors from {self.path}; "
+            f"loaded {len(self.loaded)} tensors from {self.path}; "
             f"{len(self.fresh)} start fresh ({', '.join(fresh_mods) or 'none'}); "
             f"{len(self.ignored)} ignored ({ignored or 'none'}){notes}"
         )
@@ -104,9 +105,14 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int, key_shape: tuple) -> tuple[t
 
 
 def convert_deit(
-    state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor], grid: int, path: str = ""
+    state: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor],
+    grid: int,
+    path: str = "",
+    fresh: tuple[str, ...] = ("pyramid.", "selectors."),
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Map a DeiT/timm state dict onto PrunedViT keys; raises WeightsError on a mismatch."""
+    """Map a DeiT/timm state dict onto a pruned backbone's keys; every model key not under a
+    ``fresh`` prefix must come from the file. Raises WeightsError on a mismatch."""
     report = LoadReport(path=path)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -125,7 +131,7 @@ def convert_deit(
             )
         out[key] = value.to(model_state[key].dtype)
         report.loaded.append(key)
-    vit_keys = [k for k in model_state if not k.startswith(("pyramid.", "selectors."))]
+    vit_keys = [k for k in model_state if not k.startswith(fresh)]
     missing = [k for k in vit_keys if k not in out]
     if missing:
         raise WeightsError(
@@ -141,7 +147,7 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> LoadReport:
     """Initialise ``model``'s ViT from the checkpoint at ``path``; returns what was covered."""
     state = read_state_dict(path)
     model_state = model.state_dict()
-    converted, report = convert_deit(state, model_state, model.pretrain_grid, str(path))
+    converted, report = convert_deit(state, model_state, model.pretrain_grid, str(path), model.FRESH)
     with torch.no_grad():
         for key, value in converted.items():
             model_state[key].copy_(value)

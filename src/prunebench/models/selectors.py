@@ -4,14 +4,21 @@ A selector maps tokens ``(B, N, D)`` to keep/prune logits ``(B, N, 2)`` (index 0
 :func:`keep_decision` turns logits into a decision:
 
 * training (both rates, as in the official code and DynamicViT): per-token hard Gumbel-softmax
-  with straight-through gradients. The returned float tensor is 0/1 in value and carries the soft
-  keep probability's gradient; the keep-ratio loss steers how many tokens are kept.
+  with straight-through gradients. The returned float32 tensor is 0/1 in value and carries the
+  soft keep probability's gradient; the keep-ratio loss steers how many tokens are kept.
 * inference: ``rate="fixed"`` keeps exactly ``round(r*N)`` tokens per image (top-k of the keep
   score), so the cost is fixed; ``rate="dynamic"`` keeps the tokens whose keep logit wins, so each
-  image keeps as many as it needs. A bool tensor.
+  image keeps as many as it needs. A bool tensor. With ``sample=True`` (the official detection
+  code's test-time behaviour) the score carries Gumbel noise at inference too.
 
-Only ``available`` tokens can be kept, and every image keeps at least one token.
-A fresh selector starts near a given keep share, in training and at inference (:class:`Selector`).
+The noise and the straight-through sum are computed in float32 whatever the autocast dtype (in
+fp16 the clamp bound ``1 - 1e-6`` rounds to 1 and the noise would be infinite). Only
+``available`` tokens can be kept, and every image keeps at least one token.
+
+How a fresh selector starts (``selector_init``): ``official`` (PyTorch's default init of its
+layers, as the official code leaves them: about 50 % kept per selector), ``target`` (plus a
+``logit(share)`` bias towards its target share) or ``calibrated`` (plus a data-dependent
+calibration on its first training batch, :meth:`Selector.calibrate`).
 """
 
 from __future__ import annotations
@@ -22,25 +29,33 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["Selector", "MlpSelector", "GatingSelector", "keep_decision", "num_kept", "build_selector"]
+from ..distributed import all_gather_rows
 
+__all__ = [
+    "SELECTOR_INITS",
+    "Selector",
+    "MlpSelector",
+    "GatingSelector",
+    "keep_decision",
+    "logistic_noise",
+    "num_kept",
+    "build_selector",
+]
 
-#: spread (std of the keep-minus-prune logit over tokens) a fresh selector is calibrated to:
-#: wide next to the logistic noise of the Gumbel decision (std 1.8), so that a fresh selector's
-#: training decisions and its noise-free inference decisions keep about the same share.
+SELECTOR_INITS = ("official", "target", "calibrated")
+
+#: spread (std of the keep-minus-prune logit over tokens) a ``calibrated`` selector starts with:
+#: wide next to the logistic noise of the Gumbel decision (std 1.8), so that its training
+#: decisions and its noise-free inference decisions keep about the same share.
 CALIBRATED_SPREAD = 3.0
 
 
 class Selector(nn.Module):
-    """Base of the selectors: ``forward(x, available) -> (B, N, 2)`` logits from ``output``, the
-    last Linear layer, and a start near a target keep share.
+    """Base of the selectors: ``forward(x, available) -> (B, N, 2)`` logits, whose last Linear
+    layer is ``output``.
 
-    :meth:`init_keep_share` sets the logit bias so that Gumbel decisions keep about ``share``.
-    On the first forward, a fresh selector also calibrates itself on that batch (a data-dependent
-    init, as Glow's ActNorm): its output layer is scaled to a logit spread of
-    ``CALIBRATED_SPREAD`` and its bias set so that ``share`` of the available tokens win the
-    noise-free argmax too. The ``calibrated`` buffer travels with checkpoints, so a resumed or
-    finetuned selector is never recalibrated.
+    The ``calibrated`` buffer travels with checkpoints: a selector that was calibrated (or comes
+    from a trained checkpoint) is never calibrated again.
     """
 
     output: nn.Linear
@@ -61,38 +76,51 @@ class Selector(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._calibrated_seen = False  # re-read the loaded buffer
 
-    def init_keep_share(self, share: float) -> None:
-        """Keep about ``share`` of the tokens it may keep (``logit(share)`` bias)."""
+    def reset(self, init: str, share: float) -> None:
+        """Fresh weights for ``selector_init`` ``init``: PyTorch's default layer init; with
+        ``target`` or ``calibrated`` the output bias is ``logit(share)`` (keep about ``share`` of
+        the tokens it may keep); ``calibrated`` also calibrates on the first training batch."""
+        if init not in SELECTOR_INITS:
+            raise ValueError(f"unknown selector_init {init!r}; expected one of {SELECTOR_INITS}")
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        self.calibrated.fill_(False)
+        self._calibrated_seen = False
         self.share = min(max(share, 1e-3), 1 - 1e-3)
-        gap = math.log(self.share / (1 - self.share))
-        with torch.no_grad():
-            self.output.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=self.output.bias.dtype))
+        if init != "official":
+            gap = math.log(self.share / (1 - self.share))
+            with torch.no_grad():
+                self.output.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=self.output.bias.dtype))
 
     @torch.no_grad()
-    def calibrate(self, x: torch.Tensor, available: Optional[torch.Tensor]) -> None:
+    def calibrate(self, x: torch.Tensor, available: Optional[torch.Tensor]) -> float:
         """Scale the output layer to the calibrated spread and set its bias so that ``share`` of
-        the available tokens of ``x`` are kept by the argmax; once per selector."""
+        the available tokens of ``x`` win the argmax; returns the scale factor. Under
+        ``torch.distributed`` the statistics are those of every rank's tokens together, so all
+        ranks end with the same parameters."""
         w, b = self.output.weight, self.output.bias
-        score = self(x.detach(), available)
-        score = score[..., 0] - score[..., 1] - (b[0] - b[1])
-        score = score.flatten() if available is None else score[available]
-        spread = float(score.float().std()) if score.numel() > 1 else 0.0
+        score = self(x.detach(), available).float()
+        score = score[..., 0] - score[..., 1] - float(b[0] - b[1])
+        score = all_gather_rows(score.flatten() if available is None else score[available])
+        spread = float(score.std()) if score.numel() > 1 else 0.0
+        scale = CALIBRATED_SPREAD / spread if spread > 0 else 1.0
         if spread > 0:
-            scale = CALIBRATED_SPREAD / spread
             w.mul_(scale)
-            score = score.float() * scale
-            gap = -float(torch.quantile(score, 1 - self.share))
+            gap = -float(torch.quantile(score * scale, 1 - self.share))
             b.copy_(torch.tensor([gap / 2, -gap / 2], dtype=b.dtype))
         self.calibrated.fill_(True)
         self._calibrated_seen = True
+        return scale
 
 
 class MlpSelector(Selector):
-    """LayerNorm -> Linear(D, D/4) -> GELU -> Linear(D/4, 2)."""
+    """LayerNorm -> Linear(D, D/4) -> GELU -> Linear(D/4, 2), as the official ``SelectiveModule``
+    (whose LayerNorm keeps PyTorch's default eps)."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, dim // 4)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(dim // 4, 2)
@@ -152,6 +180,13 @@ def num_kept(keep_ratio: float, num_tokens: int) -> int:
     return max(1, round(keep_ratio * num_tokens))
 
 
+def logistic_noise(score: torch.Tensor) -> torch.Tensor:
+    """Logistic noise like ``score`` (float32): the difference of two Gumbel samples, so that
+    ``score + noise > 0`` is exactly a hard 2-way Gumbel-softmax decision."""
+    u = torch.rand_like(score, dtype=torch.float32).clamp_(1e-6, 1 - 1e-6)
+    return u.log() - (-u).log1p()
+
+
 def _topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     idx = score.topk(k, dim=1).indices
     return torch.zeros_like(score, dtype=torch.bool).scatter(1, idx, torch.ones_like(idx, dtype=torch.bool))
@@ -164,19 +199,18 @@ def keep_decision(
     rate: str,
     training: bool,
     tau: float = 1.0,
+    sample: Optional[bool] = None,
 ) -> torch.Tensor:
     """Keep decision ``(B, N)`` from logits ``(B, N, 2)``; see the module docstring.
 
     ``available`` (bool ``(B, N)`` or None for all) marks the tokens that may be kept;
-    ``keep_ratio`` is the target share of all N tokens (used by the fixed rate at inference).
-    Returns a straight-through float tensor when ``training``, else a bool tensor.
+    ``keep_ratio`` is the target share of all N tokens (used by the fixed rate at inference);
+    ``sample`` adds Gumbel noise (default: in training only). Returns a straight-through float32
+    tensor when ``training``, else a bool tensor.
     """
-    # The 2-way (Gumbel-)softmax depends on the logit difference only; the difference of two
-    # Gumbel samples is a logistic sample, so this is exactly a hard Gumbel-softmax.
-    score = logits[..., 0] - logits[..., 1]
-    if training:
-        u = torch.rand_like(score).clamp_(1e-6, 1 - 1e-6)
-        score = (score + u.log() - (-u).log1p()) / tau
+    score = logits[..., 0].float() - logits[..., 1].float()
+    if training if sample is None else sample:
+        score = (score + logistic_noise(score)) / tau
     z = score.detach() if available is None else score.detach().masked_fill(~available, float("-inf"))
     if rate == "fixed" and not training:
         return _topk_mask(z, num_kept(keep_ratio, int(logits.shape[1])))
@@ -186,4 +220,4 @@ def keep_decision(
     if not training:
         return keep
     soft = score.sigmoid()
-    return keep.to(soft.dtype) - soft.detach() + soft
+    return keep.float() - soft.detach() + soft
