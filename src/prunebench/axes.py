@@ -1,5 +1,6 @@
 """The facts every stage shares: the four pruning axes and their values, the DeiT architectures,
-the paper's reference pruning schedule, the discard + reactivation rule and display labels.
+the backbone families, the paper's reference pruning schedule, the discard + reactivation rule
+and display labels.
 
 A leaf module: it imports nothing from prunebench, so the grid, the models, the report and the
 scripts can all take these facts from here.
@@ -38,6 +39,34 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "deit-small": (384, 12, 6),
     "deit-base": (768, 12, 12),
 }
+#: backbone family -> the registered backbone (grid ``backbone.family``, axis ``family``):
+#: ``plain`` DeiT with a simple pyramid, ``adapter`` the paper's SViT-Adapter (ViT-Adapter).
+FAMILIES: dict[str, str] = {"plain": "PrunedViT", "adapter": "PrunedViTAdapter"}
+#: backbone arguments that only one family takes (with their official defaults in the models).
+FAMILY_ARGS: dict[str, tuple[str, ...]] = {
+    "plain": ("out_channels",),
+    "adapter": (
+        "conv_inplane",
+        "n_points",
+        "deform_num_heads",
+        "deform_ratio",
+        "cffn_ratio",
+        "init_values",
+        "interaction_indexes",
+        "add_vit_feature",
+        "use_extra_extractor",
+    ),
+}
+
+
+def feature_channels(family: str, backbone_args: Mapping[str, Any]) -> int:
+    """Channels of the backbone's four output maps (the FPN's ``in_channels``): the plain
+    pyramid's ``out_channels`` (256), the adapter's ``embed_dim`` (that of ``arch``)."""
+    if family == "plain":
+        return int(backbone_args.get("out_channels", 256))
+    return int(backbone_args.get("embed_dim") or ARCHS[backbone_args.get("arch", "deit-small")][0])
+
+
 #: timm model names of the archs (for checkpoint docs and tests).
 TIMM_NAMES: dict[str, str] = {
     "deit-tiny": "deit_tiny_patch16_224",
