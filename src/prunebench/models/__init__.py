@@ -1,6 +1,6 @@
 """Token-pruning models; importing this package registers ``PrunedViT``, ``PrunedViTAdapter`` and
-``PrunedMaskRCNN``
-in MMDetection's ``MODELS`` registry and lets ``torch.load(weights_only=True)`` read MMEngine's
+``PrunedMaskRCNN`` in MMDetection's ``MODELS`` registry, exposes ``SELECTORS`` (the registry a
+user's own selector joins) and lets ``torch.load(weights_only=True)`` read MMEngine's
 checkpoints (exactly the types they hold), so a generated ``config.py``, whose ``custom_imports``
 names this package, resumes and finetunes under MMDetection's own ``tools/train.py`` and
 ``tools/test.py``.
@@ -12,11 +12,23 @@ imports without the detector and without registering anything.
 
 from importlib.util import find_spec
 
+from .methods import METHODS
 from .pruned_vit import ARCHS, PrunedViT
-from .selectors import GatingSelector, MlpSelector, keep_decision
+from .registry import SELECTORS
+from .selectors import GatingSelector, MlpSelector, Selector, keep_decision
 from .vit_adapter import PrunedViTAdapter
 
-__all__ = ["PrunedViT", "PrunedViTAdapter", "ARCHS", "MlpSelector", "GatingSelector", "keep_decision"]
+__all__ = [
+    "PrunedViT",
+    "PrunedViTAdapter",
+    "ARCHS",
+    "METHODS",
+    "SELECTORS",
+    "Selector",
+    "MlpSelector",
+    "GatingSelector",
+    "keep_decision",
+]
 
 if find_spec("mmdet") is not None:  # an installed but broken MMDetection still raises here
     from mmdet.registry import MODELS

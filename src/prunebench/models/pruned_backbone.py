@@ -9,6 +9,10 @@ The policy, as in the official SViT code:
   decision; its other blocks gate with the hard, detached one;
 * with reactivation, a selector before every pruning layer scores *all* tokens.
 
+``method`` other than ``selector`` hands each block to a prior method's mechanism instead
+(:mod:`prunebench.models.methods`: EViT, Evo-ViT, ATS rank tokens by an added class token's
+attention); the backbone keeps the bookkeeping (``keep``, ``last_keep_masks``).
+
 Two execution paths give the same result:
 
 * masked (training, or eval with ``masked_eval=True``): all N tokens stay in the sequence, pruned
@@ -38,7 +42,8 @@ from ..axes import ARCHS, PRUNING_AXES, impossible, stages
 from ..distributed import all_ranks_sum
 from .blocks import SPARSE_MODES, gated_block, sparse_block
 from .deit_weights import load_pretrained
-from .selectors import SELECTOR_INITS, build_selector, keep_decision
+from .methods import build_mechanism
+from .selectors import SELECTOR_INITS, build_selector, keep_decision, selector_names
 
 __all__ = ["PrunedBackbone", "SELECTOR_INFERENCE", "pad_to_32"]
 
@@ -60,7 +65,7 @@ class PrunedBackbone(BaseModule):
     ``FRESH`` names the key prefixes an ImageNet DeiT checkpoint does not cover.
     """
 
-    FRESH: tuple[str, ...] = ("selectors.",)
+    FRESH: tuple[str, ...] = ("selectors.", "mechanism.")
 
     def __init__(
         self,
@@ -76,6 +81,7 @@ class PrunedBackbone(BaseModule):
         reactivation: bool = False,
         rate: str = "fixed",
         selector: str = "mlp",
+        method: str = "selector",
         tau: float = 1.0,
         selector_init: str = "official",
         selector_inference: str = "argmax",
@@ -92,7 +98,7 @@ class PrunedBackbone(BaseModule):
         for name, value, allowed in (
             ("pruned_tokens", pruned_tokens, PRUNING_AXES["pruned_tokens"]),
             ("rate", rate, PRUNING_AXES["rate"]),
-            ("selector", selector, PRUNING_AXES["selector"]),
+            ("selector", selector, selector_names()),
             ("reactivation", reactivation, PRUNING_AXES["reactivation"]),
             ("selector_init", selector_init, SELECTOR_INITS),
             ("selector_inference", selector_inference, SELECTOR_INFERENCE),
@@ -140,7 +146,9 @@ class PrunedBackbone(BaseModule):
                 for i in range(depth)
             ]
         )
-        n_selectors = len(set(self.selector_of_layer))
+        self.method = method
+        self.mechanism = build_mechanism(method, embed_dim, prune_layers, keep_ratios, pruned_tokens)
+        n_selectors = 0 if self.mechanism else len(set(self.selector_of_layer))
         self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in range(n_selectors)])
         self.register_load_state_dict_post_hook(_fresh_selectors_hook)
         self.start_pruning()
@@ -196,6 +204,8 @@ class PrunedBackbone(BaseModule):
         self._masks: list[torch.Tensor] = []
         self._decisions = []
         self._calibration: list[str] = []
+        if self.mechanism is not None:
+            self.mechanism.start()
 
     def finish_pruning(self) -> None:
         """Publish ``last_keep_masks`` (and log the calibration of fresh selectors, if any)."""
@@ -219,6 +229,12 @@ class PrunedBackbone(BaseModule):
         on the kept tokens (masked in training, gathered at inference)."""
         blk = self.blocks[i]
         j = self._layer_of_block.get(i)
+        if self.mechanism is not None:
+            x, self._keep = self.mechanism.run_block(i, blk, x)
+            self._hard = self._keep
+            if j is not None:
+                self._masks.append(self._keep)
+            return x
         if j is not None:
             if self.selector_of_layer[j] != self._current:
                 self._decide(j, x)
@@ -298,15 +314,21 @@ def _init_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+#: key prefixes a pruned finetune adds to its dense parent's checkpoint.
+_FINETUNE_FRESH = ("selectors.", "mechanism.")
+
+
 def _fresh_selectors_hook(module: PrunedBackbone, incompatible_keys) -> None:
-    """Let a dense checkpoint load into a pruned model: missing selector keys start fresh."""
-    fresh = [k for k in incompatible_keys.missing_keys if "selectors." in k]
+    """Let a dense checkpoint load into a pruned model: missing selector (and a method's class
+    token) keys start fresh."""
+    fresh = [k for k in incompatible_keys.missing_keys if any(p in k for p in _FINETUNE_FRESH)]
     if fresh:
         for k in fresh:
             incompatible_keys.missing_keys.remove(k)
-        modules = sorted({re.sub(r"(selectors\.\d+)\..*", r"\1", k) for k in fresh})
+        modules = sorted({re.sub(r"(selectors\.\d+|mechanism)\..*", r"\1", k) for k in fresh})
+        kind = "selectors" if all(m.startswith("selectors") for m in modules) else "modules"
         print_log(
-            f"{type(module).__name__}: {len(modules)} selectors ({len(fresh)} tensors: "
+            f"{type(module).__name__}: {len(modules)} {kind} ({len(fresh)} tensors: "
             f"{', '.join(modules)}) are not in the checkpoint and start fresh",
             logger="current",
             level=logging.WARNING,

@@ -63,7 +63,11 @@ class PrunedViT(PrunedBackbone):
             otherwise one selector per stage of equal ratios, and the kept sets nest.
         rate: ``fixed`` (exactly ``round(r*N)`` tokens per image at inference; per-image
             keep-ratio loss) or ``dynamic`` (per-token decisions at inference; batch-level loss).
-        selector: ``mlp`` | ``gating``.
+        selector: ``mlp`` | ``gating`` | a plug-in registered in ``SELECTORS``.
+        method: ``selector`` (the learned selectors of the four axes) or a prior method's
+            mechanism, ``evit`` | ``evo-vit`` | ``ats`` (:mod:`prunebench.models.methods`; they
+            ignore ``reactivation``, ``rate``, ``selector``, ``selector_*``, ``sparse_mode`` and
+            ``masked_eval``).
         tau: Gumbel-softmax temperature.
         selector_init: how fresh selectors start: ``official`` (default layer init, about 50 %
             kept each), ``target`` (``logit(share)`` bias) or ``calibrated`` (also calibrated on
@@ -77,10 +81,11 @@ class PrunedViT(PrunedBackbone):
             only; it is slower). Also settable as an attribute.
 
     After each forward, ``last_keep_masks`` holds one bool ``(B, N)`` tensor per pruning layer:
-    the tokens that layer's block processed.
+    the tokens that layer's block processed (EViT, ATS: its MLP, after they pruned in the block),
+    and ``last_tokens`` the final token map ``(B, N, D)``.
     """
 
-    FRESH = ("pyramid.", "selectors.")
+    FRESH = ("pyramid.", "selectors.", "mechanism.")
 
     def __init__(self, *args, out_channels: int = 256, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,7 +99,7 @@ class PrunedViT(PrunedBackbone):
         for i in range(len(self.blocks)):
             x = self.run_block(i, x)
         self.finish_pruning()
-        x = self.norm(x)
+        x = self.last_tokens = self.norm(x)
         if self.pruned_tokens == "discard" and self.keep is not None:
             x = x * self.keep.to(x.dtype).unsqueeze(-1)
         B, _, D = x.shape

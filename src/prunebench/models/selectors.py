@@ -15,6 +15,9 @@ The noise and the straight-through sum are computed in float32 whatever the auto
 fp16 the clamp bound ``1 - 1e-6`` rounds to 1 and the noise would be infinite). Only
 ``available`` tokens can be kept, and every image keeps at least one token.
 
+Selectors are looked up by name in :data:`SELECTORS` (``mlp``, ``gating`` and any plug-in a user
+module registers, see :mod:`prunebench.models.registry`).
+
 How a fresh selector starts (``selector_init``): ``official`` (PyTorch's default init of its
 layers, as the official code leaves them: about 50 % kept per selector), ``target`` (plus a
 ``logit(share)`` bias towards its target share) or ``calibrated`` (plus a data-dependent
@@ -30,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..distributed import all_gather_rows
+from .registry import SELECTORS
 
 __all__ = [
     "SELECTOR_INITS",
@@ -40,6 +44,9 @@ __all__ = [
     "logistic_noise",
     "num_kept",
     "build_selector",
+    "selector_names",
+    "PluginSelector",
+    "SELECTORS",
 ]
 
 SELECTOR_INITS = ("official", "target", "calibrated")
@@ -82,9 +89,7 @@ class Selector(nn.Module):
         the tokens it may keep); ``calibrated`` also calibrates on the first training batch."""
         if init not in SELECTOR_INITS:
             raise ValueError(f"unknown selector_init {init!r}; expected one of {SELECTOR_INITS}")
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        self.reset_layers()
         self.calibrated.fill_(False)
         self._calibrated_seen = False
         self.share = min(max(share, 1e-3), 1 - 1e-3)
@@ -92,6 +97,12 @@ class Selector(nn.Module):
             gap = math.log(self.share / (1 - self.share))
             with torch.no_grad():
                 self.output.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=self.output.bias.dtype))
+
+    def reset_layers(self) -> None:
+        """PyTorch's default init of every layer."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor, available: Optional[torch.Tensor]) -> float:
@@ -114,6 +125,7 @@ class Selector(nn.Module):
         return scale
 
 
+@SELECTORS.register_module("mlp")
 class MlpSelector(Selector):
     """LayerNorm -> Linear(D, D/4) -> GELU -> Linear(D/4, 2), as the official ``SelectiveModule``
     (whose LayerNorm keeps PyTorch's default eps)."""
@@ -133,6 +145,7 @@ class MlpSelector(Selector):
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
+@SELECTORS.register_module("gating")
 class GatingSelector(Selector):
     """DynamicViT-style predictor: per-token local features concatenated with a global feature.
 
@@ -167,12 +180,53 @@ class GatingSelector(Selector):
         return self.out_mlp(torch.cat([local, glob.expand_as(local)], dim=-1))
 
 
-_SELECTORS = {"mlp": MlpSelector, "gating": GatingSelector}
+class PluginSelector(Selector):
+    """A registered selector that is a plain ``nn.Module`` (``forward(x, available) -> (B, N, 2)``),
+    followed by a learned 2x2 affine map of its logits (``output``, identity when fresh), which
+    ``selector_init`` sets (``target``/``calibrated`` bias, calibrated scale); ``selector_init``
+    leaves the user's module (``inner``) as the backbone's init made it."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.output = nn.Linear(2, 2)
+        self._identity()
+
+    def _identity(self) -> None:
+        with torch.no_grad():
+            self.output.weight.copy_(torch.eye(2))
+            self.output.bias.zero_()
+
+    def reset_layers(self) -> None:
+        """The plug-in keeps its own weights; the affine map starts as the identity."""
+        self._identity()
+
+    def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
+        logits = self.inner(x, available)
+        if logits.shape != (*x.shape[:2], 2):
+            raise ValueError(
+                f"selector {type(self.inner).__name__} returned logits of shape {tuple(logits.shape)}; "
+                f"a selector must return (B, N, 2) = {(*x.shape[:2], 2)} (index 0: keep, 1: prune)"
+            )
+        return self.output(logits)
+
+
+def selector_names() -> tuple[str, ...]:
+    """Names of the registered selectors: the built-in ones, then plug-ins in registration order."""
+    return tuple(SELECTORS.module_dict)
 
 
 def build_selector(kind: str, dim: int) -> Selector:
-    """Selector by axis value (``mlp`` | ``gating``)."""
-    return _SELECTORS[kind](dim)
+    """The selector registered as ``kind`` for tokens of width ``dim`` (a plain ``nn.Module``
+    plug-in is wrapped in :class:`PluginSelector`)."""
+    cls = SELECTORS.module_dict.get(kind)
+    if cls is None:
+        raise ValueError(
+            f"unknown selector {kind!r}; registered: {', '.join(selector_names())}. A plug-in registers "
+            "itself with @SELECTORS.register_module('name') in a module the config imports"
+        )
+    sel = cls(dim)
+    return sel if isinstance(sel, Selector) else PluginSelector(sel)
 
 
 def num_kept(keep_ratio: float, num_tokens: int) -> int:

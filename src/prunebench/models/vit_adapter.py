@@ -57,6 +57,7 @@ class PrunedViTAdapter(PrunedBackbone):
         "norm3.",
         "norm4.",
         "selectors.",
+        "mechanism.",
     )
 
     def __init__(
@@ -141,6 +142,7 @@ class PrunedViTAdapter(PrunedBackbone):
         for (first, last), interaction in zip(self.interaction_indexes, self.interactions):
             x, c = interaction(x, c, geo, self, range(first, last + 1))
         self.finish_pruning()
+        self.last_tokens = x
 
         B, _, D = x.shape
         maps = [
