@@ -121,7 +121,7 @@ def build_config(
 ) -> dict:
     """The full config dict of one run."""
     cfg = copy.deepcopy(base)
-    _set_backbone(cfg, spec.backbone_args)
+    set_backbone(cfg, spec.backbone_args)
     if "keep_ratio_loss_weight" in spec.schedule:
         set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
     _set_data(cfg, grid.data, data_root, classes)
@@ -137,7 +137,7 @@ def build_config(
     return cfg
 
 
-def _set_backbone(cfg: dict, args: dict) -> None:
+def set_backbone(cfg: dict, args: dict) -> None:
     """The run's backbone: its family's registered class (``family``: ``plain`` | ``adapter``),
     the base's settings that family takes, then the run's arguments; the FPN reads its maps. The
     adapter's BatchNorms become SyncBatchNorm in distributed runs (MMEngine's ``sync_bn``)."""
