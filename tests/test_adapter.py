@@ -236,3 +236,26 @@ def test_cuda_op_agrees_with_the_cpu_form():
     cpu = ms_deform_attn(value, shapes, loc, weight)
     gpu = ms_deform_attn(value.cuda(), shapes, loc.cuda(), weight.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+class _AttnOnQuery(nn.Module):
+    def __init__(self, attn, geo, feat):
+        super().__init__()
+        self.attn, self.geo, self.feat = attn, geo, feat
+
+    def forward(self, query):
+        return self.attn(query, self.geo.vit_points, self.feat, self.geo.cnn_shapes)
+
+
+def test_flop_count_includes_the_deformable_attention_core():
+    """MMEngine's FlopAnalyzer with prunebench's handles counts a DeformableAttention as its four
+    projections plus the core: a bilinear sample (4) and its weighting (1) per point and channel."""
+    from prunebench.bench.probe import _gflops
+
+    C, M, L, P = 32, 4, 3, 2
+    geo = Geometry.of(2, 4, torch.device("cpu"))
+    S, Q = sum(h * w for h, w in geo.cnn_shapes), 8
+    module = _AttnOnQuery(DeformableAttention(C, L, M, P), geo, torch.randn(1, S, C)).eval()
+    projections = S * C * C + Q * C * (M * L * P * 2) + Q * C * (M * L * P) + Q * C * C
+    core = 5 * Q * M * L * P * (C // M)
+    assert _gflops(module, torch.randn(1, Q, C)) * 1e9 == pytest.approx(projections + core, rel=1e-9)

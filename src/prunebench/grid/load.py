@@ -15,6 +15,7 @@ from .sections import (
     _check_backbone,
     _check_bench,
     _check_data,
+    _check_family_args,
     _check_per_value,
     _check_points,
     _check_schedule,
@@ -66,6 +67,7 @@ def load_grid(path: str | Path) -> Grid:
     slurm = c.known("slurm", raw.get("slurm"), SLURM_KEYS)
     axes = _check_axes(c, raw.get("axes"))
     per_value = _check_per_value(c, raw.get("per_value"), axes, path)
+    _check_family_args(c, backbone, axes, per_value)
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]

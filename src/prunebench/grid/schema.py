@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..axes import FAMILY_ARGS
+
 SECTIONS = (
     "name",
     "base",
@@ -29,6 +31,7 @@ SECTIONS = (
     "slurm",
 )
 BACKBONE_KEYS = (
+    "family",
     "arch",
     "embed_dim",
     "depth",
@@ -36,9 +39,11 @@ BACKBONE_KEYS = (
     "prune_layers",
     "keep_ratios",
     "tau",
-    "out_channels",
+    "selector_init",
+    "selector_inference",
     "drop_path_rate",
     "pretrained",
+    *(key for keys in FAMILY_ARGS.values() for key in keys),
 )
 DATA_KEYS = {
     "synthetic": (

@@ -10,7 +10,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..axes import ARCHS, AXIS_DEFAULTS, PRECISIONS, PRUNING_AXES, REFERENCE_LAYERS, REFERENCE_RATIOS
+from ..axes import (
+    ARCHS,
+    AXIS_DEFAULTS,
+    FAMILIES,
+    FAMILY_ARGS,
+    PRECISIONS,
+    PRUNING_AXES,
+    REFERENCE_LAYERS,
+    REFERENCE_RATIOS,
+    SELECTOR_INFERENCE,
+    SELECTOR_INITS,
+)
 from .schema import (
     BACKBONE_KEYS,
     BENCH_KEYS,
@@ -29,10 +40,17 @@ def _check_backbone(c: _Checker, raw: Any, grid_path: Path) -> dict:
         "arch": "deit-small",
         "prune_layers": REFERENCE_LAYERS,
         "keep_ratios": REFERENCE_RATIOS,
+        "selector_init": "official",
         **c.known("backbone", raw, BACKBONE_KEYS),
     }
-    if bb["arch"] not in ARCHS:
-        raise c.fail("backbone.arch", f"unknown arch {bb['arch']!r}", f"use one of {', '.join(ARCHS)}")
+    for key, allowed in (
+        ("arch", ARCHS),
+        ("family", FAMILIES),
+        ("selector_init", SELECTOR_INITS),
+        ("selector_inference", SELECTOR_INFERENCE),
+    ):
+        if key in bb and bb[key] not in allowed:
+            raise c.fail(f"backbone.{key}", f"unknown {key} {bb[key]!r}", f"use one of {', '.join(allowed)}")
     layers, ratios = bb["prune_layers"], bb["keep_ratios"]
     if not isinstance(layers, list) or not isinstance(ratios, list) or len(layers) != len(ratios):
         raise c.fail(
@@ -166,13 +184,19 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
                         f"unknown value {v!r}",
                         f"use values from {list(PRUNING_AXES[key])}",
                     )
+        elif key == "family":
+            for i, v in enumerate(values):
+                if v not in FAMILIES:
+                    raise c.fail(
+                        f"axes.{key}[{i}]", f"unknown family {v!r}", f"use one of {', '.join(FAMILIES)}"
+                    )
         elif "." not in key:
-            close = difflib.get_close_matches(key, list(PRUNING_AXES), n=1)
+            close = difflib.get_close_matches(key, [*PRUNING_AXES, "family"], n=1)
             hint = (
                 f"did you mean `{close[0]}`?"
                 if close
-                else f"use a pruning axis ({', '.join(PRUNING_AXES)}) or a dotted MMEngine config "
-                "key such as model.backbone.arch"
+                else f"use a pruning axis ({', '.join(PRUNING_AXES)}), `family` or a dotted MMEngine "
+                "config key such as model.backbone.arch"
             )
             raise c.fail(f"axes.{key}", "unknown axis", hint)
         elif key == "model.backbone.arch":
@@ -264,3 +288,25 @@ def _check_points(c: _Checker, section: str, raw: Any, axes: dict, named: bool) 
                 raise c.fail(f"{key}.{axis}", "not an axis of this grid", f"use one of {', '.join(axes)}")
         points.append(dict(point))
     return points
+
+
+def _check_family_args(c: _Checker, backbone: dict, axes: dict, per_value: dict) -> None:
+    """A family's own backbone argument (e.g. ``conv_inplane`` of the adapter) needs a run of that
+    family: set in ``backbone:`` or ``per_value``, at least one family the grid runs must take it."""
+    families = set(axes.get("family", [backbone.get("family", "plain")]))
+    settings = [(f"backbone.{k}", k) for k in backbone]
+    settings += [
+        (f"per_value.{axis}.{value}.{k}", k.partition(".")[2])
+        for axis, by_value in per_value.items()
+        for value, given in by_value
+        for k in given
+        if k.startswith("backbone.")
+    ]
+    for where, key in settings:
+        owner = next((f for f, keys in FAMILY_ARGS.items() if key in keys), None)
+        if owner is not None and owner not in families:
+            raise c.fail(
+                where,
+                f"an argument of the {owner} backbone only, but this grid runs {', '.join(sorted(families))}",
+                f"remove it, or run the {owner} family (`backbone.family: {owner}` or the `family` axis)",
+            )

@@ -32,11 +32,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..axes import SELECTOR_INITS
 from ..distributed import all_gather_rows
 from .registry import SELECTORS
 
 __all__ = [
-    "SELECTOR_INITS",
     "Selector",
     "MlpSelector",
     "GatingSelector",
@@ -48,8 +48,6 @@ __all__ = [
     "PluginSelector",
     "SELECTORS",
 ]
-
-SELECTOR_INITS = ("official", "target", "calibrated")
 
 #: spread (std of the keep-minus-prune logit over tokens) a ``calibrated`` selector starts with:
 #: wide next to the logistic noise of the Gumbel decision (std 1.8), so that its training
