@@ -23,7 +23,8 @@ def load_base(grid: Grid) -> dict:
     """The grid's base config as a plain dict (``_base_`` inheritance resolved by MMEngine).
 
     Any MMDetection Mask R-CNN config works: its backbone is replaced by prunebench's, its
-    detector by ``PrunedMaskRCNN``, and ``prunebench.models`` joins its ``custom_imports``."""
+    detector by ``PrunedMaskRCNN``, and ``prunebench.models`` and the grid's ``imports`` (plug-in
+    selectors) join its ``custom_imports``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(base_path(grid.path, grid.base))).to_dict()
@@ -39,8 +40,9 @@ def load_base(grid: Grid) -> dict:
     if model["backbone"].get("type") not in FAMILIES.values():
         model["backbone"] = dict(type="PrunedViT", out_channels=model["neck"].get("out_channels", 256))
     imports = cfg.setdefault("custom_imports", dict(imports=[], allow_failed_imports=False))
-    if "prunebench.models" not in imports["imports"]:
-        imports["imports"] = [*imports["imports"], "prunebench.models"]
+    for module in ("prunebench.models", *grid.imports):
+        if module not in imports["imports"]:
+            imports["imports"] = [*imports["imports"], module]
     for key in ("val_dataloader", "val_evaluator", "val_cfg"):  # each run is tested once at the end
         cfg[key] = None
     return cfg
@@ -130,6 +132,8 @@ def build_config(
         cfg["load_from"] = str(
             run_dir.parent / spec.depends_on[0] / "work_dir" / checkpoint_name(spec.dense_schedule)
         )
+        if spec.schedule.get("distill"):  # DynamicViT's teacher terms, the dense parent as teacher
+            set_dotted(cfg, "model.distill", dict(teacher=cfg["load_from"]))
     cfg["randomness"] = dict(seed=spec.seed, deterministic=False)
     cfg["work_dir"] = str(run_dir / "work_dir")
     for key, value in spec.overrides.items():

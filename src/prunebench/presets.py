@@ -10,13 +10,28 @@ A leaf module (no torch): the grid, the run ids and the report read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-__all__ = ["Preset", "PRESETS", "METHOD_DEFAULT", "CLASS_ATTENTION", "preset"]
+from .axes import PRUNING_AXES
+
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "OURS",
+    "CLASS_ATTENTION",
+    "BUILTIN_SELECTORS",
+    "preset",
+    "plugin_selectors",
+    "method_cell",
+    "blocks_needed",
+]
 
 #: the ``selector`` axis value of the methods that rank by class attention (no learned selector).
 CLASS_ATTENTION = "class-attention"
+#: the selectors prunebench defines (``PRUNING_AXES["selector"]``); others are plug-ins.
+BUILTIN_SELECTORS = PRUNING_AXES["selector"]
 _STAGES = [3, 6, 9]  # before blocks 4, 7, 10 (1-based)
 _STAGE_RATIOS = [0.7, 0.49, 0.343]  # 0.7 of the previous stage each
 
@@ -27,8 +42,9 @@ class Preset:
 
     ``axes``: the four axes' values it fixes; ``backbone``: backbone arguments it sets (the grid's
     ``prune_layers`` / ``keep_ratios`` apply where it sets none); ``keep_ratio_loss_weight``: the
-    detector's weight of the keep-ratio loss (None: the grid's); ``options``: settings a grid may
-    turn on for it (``distill``); ``source``: where its semantics come from.
+    detector's weight of the keep-ratio loss (None: the grid's); ``source``: where its semantics
+    come from; ``class_token``: the method adds a class token (detection backbones have none);
+    ``prior``: a prior method of the paper's headline comparison (~1.5 vs ~0.3 mAP drop).
     """
 
     name: str
@@ -36,9 +52,9 @@ class Preset:
     axes: dict[str, Any]
     backbone: dict[str, Any] = field(default_factory=dict)
     keep_ratio_loss_weight: Optional[float] = None
-    options: tuple[str, ...] = ()
     source: str = ""
     class_token: bool = False
+    prior: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -57,8 +73,8 @@ PRESETS: dict[str, Preset] = {
             dict(pruned_tokens="discard", reactivation=False, rate="fixed", selector="gating"),
             dict(method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             keep_ratio_loss_weight=2.0,
-            options=("distill",),
             source="Rao et al., NeurIPS 2021; raoyongming/DynamicViT",
+            prior=True,
         ),
         Preset(
             "dynamicvit-preserve",
@@ -66,7 +82,6 @@ PRESETS: dict[str, Preset] = {
             dict(pruned_tokens="preserve", reactivation=False, rate="fixed", selector="gating"),
             dict(method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             keep_ratio_loss_weight=2.0,
-            options=("distill",),
             source="Rao et al., NeurIPS 2021; the paper's preserve ablation",
         ),
         Preset(
@@ -76,6 +91,7 @@ PRESETS: dict[str, Preset] = {
             dict(pruned_tokens="discard", reactivation=False, rate="fixed", selector=CLASS_ATTENTION),
             dict(method="evit", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             source="Liang et al., ICLR 2022; youweiliang/evit",
+            prior=True,
             class_token=True,
         ),
         Preset(
@@ -85,6 +101,7 @@ PRESETS: dict[str, Preset] = {
             dict(pruned_tokens="preserve", reactivation=True, rate="fixed", selector=CLASS_ATTENTION),
             dict(method="evo-vit", prune_layers=list(range(4, 12)), keep_ratios=[0.5] * 8),
             source="Xu et al., AAAI 2022; YifanXu74/Evo-ViT; uzh-rpg/svit evovit_adapter.py",
+            prior=True,
             class_token=True,
         ),
         Preset(
@@ -94,16 +111,49 @@ PRESETS: dict[str, Preset] = {
             dict(pruned_tokens="discard", reactivation=False, rate="dynamic", selector=CLASS_ATTENTION),
             dict(method="ats", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             source="Fayyaz et al., ECCV 2022; adaptivetokensampling/ATS",
+            prior=True,
             class_token=True,
         ),
     )
 }
-#: the preset a grid that does not sweep ``method`` runs (its four axes as the grid sets them).
-METHOD_DEFAULT = "svit"
+#: the method whose drop the prior methods' drops are compared with.
+OURS = "svit"
 
 
 def preset(name: str) -> Preset:
-    """The preset called ``name``; ValueError listing the presets otherwise."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown method {name!r}; presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """The preset called ``name``, or a registered plug-in selector ``name`` as a method: the
+    paper's choice on the four axes with that selector. ValueError when it is neither."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in plugin_selectors():
+        ours = PRESETS[OURS]
+        return replace(
+            ours,
+            name=name,
+            summary=f"plug-in selector {name!r} under {OURS}'s axes",
+            axes={**ours.axes, "selector": name},
+            source="plug-in",
+        )
+    raise ValueError(f"unknown method {name!r}; presets: {', '.join(PRESETS)}")
+
+
+def plugin_selectors() -> tuple[str, ...]:
+    """Selectors registered by plug-in modules in this process (none unless a grid's ``imports``
+    were imported: this reads the registry without importing torch)."""
+    registry = sys.modules.get("prunebench.models.registry")
+    if registry is None:
+        return ()
+    return tuple(n for n in registry.SELECTORS.module_dict if n not in BUILTIN_SELECTORS)
+
+
+def method_cell(cell: dict) -> dict:
+    """A grid cell with its method's four axis values filled in (unchanged without ``method``)."""
+    if cell.get("method") is None:
+        return cell
+    return {**cell, **preset(cell["method"]).axes}
+
+
+def blocks_needed(name: str) -> int:
+    """How many ViT blocks the method's own schedule needs (0: it takes the grid's)."""
+    layers = preset(name).backbone.get("prune_layers")
+    return max(layers) + 1 if layers else 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from .axes import FAMILY_ARGS, PRUNING_AXES, id_prefix, impossible
 from .grid import Grid, GridError
+from .presets import CLASS_ATTENTION, method_cell, preset
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
 _NOT_MEANING = {
@@ -68,7 +69,7 @@ def cells(grid: Grid) -> tuple[list[tuple[str | None, dict]], list[tuple[dict, s
     """The grid's (name, cell) points to run and the (cell, reason) points left out."""
     kept, excluded = [], []
     for values in itertools.product(*grid.axes.values()):
-        cell = dict(zip(grid.axes, values))
+        cell = method_cell(dict(zip(grid.axes, values)))
         reason = impossible(cell) or (
             "matched an `exclude` entry" if any(_matches(cell, p) for p in grid.exclude) else None
         )
@@ -78,7 +79,7 @@ def cells(grid: Grid) -> tuple[list[tuple[str | None, dict]], list[tuple[dict, s
             kept.append((None, cell))
     for point in grid.include:
         cell = {k: grid.axes[k][0] for k in grid.axes}
-        cell.update({k: v for k, v in point.items() if k != "name"})
+        cell = method_cell({**cell, **{k: v for k, v in point.items() if k != "name"}})
         if impossible(cell):
             raise GridError(f"{grid.path}: include: {point}: {impossible(cell)}. Fix: use preserve")
         kept.append((point.get("name"), cell))
@@ -126,6 +127,18 @@ def resolve(grid: Grid, cell: dict) -> tuple[dict, dict, dict]:
     return backbone, schedule, overrides
 
 
+def _method_settings(method: str, args: dict, schedule: dict) -> tuple[dict, dict]:
+    """A method's finetune: its backbone settings over the grid's, and its keep-ratio loss weight.
+    The class-attention methods have no selector (their ``selector`` axis value is a label)."""
+    p = preset(method)
+    args = {**args, **p.backbone}
+    if args.get("selector") == CLASS_ATTENTION:
+        del args["selector"]
+    if p.keep_ratio_loss_weight is not None:
+        schedule = {**schedule, "keep_ratio_loss_weight": p.keep_ratio_loss_weight}
+    return args, schedule
+
+
 def _shared(schedule: dict) -> dict:
     """The schedule keys both stages share (warm-up, loss weight, amp, ...)."""
     return {k: v for k, v in schedule.items() if k not in ("dense", "finetune")}
@@ -147,8 +160,8 @@ def _backbone_identity(backbone: dict) -> dict:
 def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     """All runs of the grid, dense runs first, and the (cell, reason) pairs left out."""
     kept, excluded = cells(grid)
-    pruning = list(PRUNING_AXES)
-    others_keys = [k for k in grid.axes if k not in PRUNING_AXES]
+    pruning = [*PRUNING_AXES, *(["method"] if "method" in grid.axes else [])]  # finetunes' own
+    others_keys = [k for k in grid.axes if k not in pruning]
     for _, cell in kept:  # dotted keys that only `include` points set
         others_keys += [k for k in cell if k not in pruning and k not in others_keys]
     base_id = Path(grid.base).name
@@ -194,19 +207,22 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             dense = dense_runs[dkey]
             axes = {**{k: cell[k] for k in pruning}, **others}
             ft_sched = {**_shared(schedule), **schedule["finetune"]}
+            args = {
+                **{k: v for k, v in backbone.items() if k != "pretrained"},
+                **{k: cell[k] for k in PRUNING_AXES},
+            }
+            if "method" in cell:
+                args, ft_sched = _method_settings(cell["method"], args, ft_sched)
             payload = {
                 **dense_payload,
                 "dense": dense.run_id,
                 "backbone": _backbone_identity(backbone),
                 "schedule": _meaning("schedule", ft_sched),
                 "axes": axes,
+                **({"method": args} if "method" in cell else {}),
             }
-            rid = f"{name or id_prefix(cell)}{tag}-s{seed}-{_digest(payload)}"
+            rid = f"{name or cell.get('method') or id_prefix(cell)}{tag}-s{seed}-{_digest(payload)}"
             if rid not in finetunes:
-                args = {
-                    **{k: v for k, v in backbone.items() if k != "pretrained"},
-                    **{k: cell[k] for k in pruning},
-                }
                 finetunes[rid] = RunSpec(
                     rid,
                     grid.name,

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from .checkpoint import mmengine_checkpoint_globals
-from .results import CONFIG_FILE, WORK_DIR
+from .results import CONFIG_FILE, RUN_FILE, WORK_DIR, read_json
 
 _DEFAULT_NORM = dict(
     mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32
@@ -174,6 +174,19 @@ def draw(
     plt.close(fig)
 
 
+def method_label(source: Path, backbone) -> str:
+    """What chose the tokens: the run's ``method`` (run.json), else the backbone's mechanism or
+    its four axes."""
+    run = read_json(Path(source) / RUN_FILE) if Path(source).is_dir() else None
+    method = ((run or {}).get("axes") or {}).get("method")
+    if method is None and backbone.method != "selector":
+        method = backbone.method
+    if method is not None:
+        return f"method {method}"
+    react = "reactivation" if backbone.reactivation else "no reactivation"
+    return f"{backbone.pruned_tokens}, {react}, {backbone.rate}, {backbone.selector}"
+
+
 def make_keep_maps(source: Path, image: Path, out: Path) -> dict:
     """Draw the keep maps of the model in ``source`` (a run folder or config) for ``image`` into
     ``out``; returns {"checkpoint", "keep": [ratio per layer], "layers"}. Raises VizError."""
@@ -188,7 +201,10 @@ def make_keep_maps(source: Path, image: Path, out: Path) -> dict:
     patch = backbone.patch_size
     grid_hw = tuple(math.ceil(s / 32) * 32 // patch for s in x.shape[-2:])  # PrunedViT pads to 32
     weights = f"weights: {ckpt.name}" if ckpt else "RANDOM WEIGHTS (no checkpoint)"
-    title = f"{Path(source).name} on {Path(image).name} (input {rgb.shape[1]}x{rgb.shape[0]} px) — {weights}"
+    title = (
+        f"{Path(source).name} ({method_label(source, backbone)}) on {Path(image).name} "
+        f"(input {rgb.shape[1]}x{rgb.shape[0]} px) — {weights}"
+    )
     draw(rgb, masks, backbone.prune_layers, grid_hw, patch, title, Path(out))
     return {
         "checkpoint": ckpt,

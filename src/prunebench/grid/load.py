@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..configs import TEMPLATES, base_path
+from .methods import check_imports, check_method_depth
 from .schema import SECTIONS, SLURM_KEYS, Grid, GridError, _Checker, _key_lines
 from .sections import (
     _check_axes,
@@ -60,12 +61,14 @@ def load_grid(path: str | Path) -> Grid:
             f"{base!r} is neither a built-in template nor an existing file",
             f"use one of {', '.join(TEMPLATES)} or the path of an MMDetection config",
         )
+    imports = check_imports(c, raw.get("imports"))
     backbone = _check_backbone(c, raw.get("backbone"), path)
     data = _check_data(c, raw.get("data"))
     schedule = _check_schedule(c, raw.get("schedule"))
     bench = _check_bench(c, raw.get("bench"))
     slurm = c.known("slurm", raw.get("slurm"), SLURM_KEYS)
     axes = _check_axes(c, raw.get("axes"))
+    check_method_depth(c, backbone, axes)
     per_value = _check_per_value(c, raw.get("per_value"), axes, path)
     _check_family_args(c, backbone, axes, per_value)
     seeds = raw.get("seeds", [0])
@@ -105,4 +108,5 @@ def load_grid(path: str | Path) -> Grid:
         overrides,
         slurm,
         lines,
+        imports,
     )

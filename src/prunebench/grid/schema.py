@@ -29,6 +29,7 @@ SECTIONS = (
     "seeds",
     "overrides",
     "slurm",
+    "imports",
 )
 BACKBONE_KEYS = (
     "family",
@@ -89,6 +90,7 @@ SCHEDULE_KEYS = (
     "keep_ratio_loss_weight",
     "clip_grad",
     "amp",
+    "distill",
 )
 STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_iters", "checkpoint_interval")
 #: The paper's stages (official configs): dense AdamW 1e-4 / wd 0.05 for 36 epochs; pruned
@@ -126,6 +128,7 @@ class Grid:
     overrides: dict[str, Any]
     slurm: dict
     lines: dict[str, int] = field(default_factory=dict, repr=False)
+    imports: list[str] = field(default_factory=list)  # modules that register plug-in selectors
 
     def error(self, key: str, problem: str, fix: str) -> GridError:
         """A GridError naming this grid's file and the line of ``key``."""

@@ -22,6 +22,7 @@ from ..axes import (
     SELECTOR_INFERENCE,
     SELECTOR_INITS,
 )
+from .methods import METHOD_AXIS, axis_values, check_method_axes, unknown_value
 from .schema import (
     BACKBONE_KEYS,
     BENCH_KEYS,
@@ -145,8 +146,9 @@ def _check_schedule(c: _Checker, raw: Any) -> dict:
     for k in ("warmup_iters", "checkpoint_interval", "log_interval"):
         if k in sched:
             c.count(f"schedule.{k}", sched[k], minimum=0 if k == "warmup_iters" else 1)
-    if "amp" in sched:
-        c.typed("schedule.amp", sched["amp"], bool, "true or false")
+    for k in ("amp", "distill"):
+        if k in sched:
+            c.typed(f"schedule.{k}", sched[k], bool, "true or false")
     return sched
 
 
@@ -168,6 +170,7 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
     if raw is None:
         return {k: list(v) for k, v in PRUNING_AXES.items()}
     raw = c.typed("axes", raw, dict, "a mapping of axis -> list of values")
+    check_method_axes(c, raw)
     axes = {}
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
@@ -176,14 +179,10 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
                 f"expected a non-empty list of values, got {values!r}",
                 f"write `{key}: [value1, value2]`",
             )
-        if key in PRUNING_AXES:
+        if key in PRUNING_AXES or key == METHOD_AXIS:
             for i, v in enumerate(values):
-                if v not in PRUNING_AXES[key] or type(v) is not type(PRUNING_AXES[key][0]):
-                    raise c.fail(
-                        f"axes.{key}[{i}]",
-                        f"unknown value {v!r}",
-                        f"use values from {list(PRUNING_AXES[key])}",
-                    )
+                if v not in axis_values(key) or type(v) is not type(axis_values(key)[0]):
+                    raise c.fail(f"axes.{key}[{i}]", *unknown_value(key, v))
         elif key == "family":
             for i, v in enumerate(values):
                 if v not in FAMILIES:
@@ -191,12 +190,12 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
                         f"axes.{key}[{i}]", f"unknown family {v!r}", f"use one of {', '.join(FAMILIES)}"
                     )
         elif "." not in key:
-            close = difflib.get_close_matches(key, [*PRUNING_AXES, "family"], n=1)
+            close = difflib.get_close_matches(key, [*PRUNING_AXES, METHOD_AXIS, "family"], n=1)
             hint = (
                 f"did you mean `{close[0]}`?"
                 if close
-                else f"use a pruning axis ({', '.join(PRUNING_AXES)}), `family` or a dotted MMEngine "
-                "config key such as model.backbone.arch"
+                else f"use a pruning axis ({', '.join(PRUNING_AXES)}), `method`, `family` or a dotted "
+                "MMEngine config key such as model.backbone.arch"
             )
             raise c.fail(f"axes.{key}", "unknown axis", hint)
         elif key == "model.backbone.arch":
@@ -206,8 +205,9 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
         if len(set(map(json.dumps, values))) != len(values):
             raise c.fail(f"axes.{key}", "repeated value", "list each value once")
         axes[key] = list(values)
-    for key, default in AXIS_DEFAULTS.items():  # unswept pruning axes keep their default
-        axes.setdefault(key, [default])
+    if METHOD_AXIS not in axes:  # unswept pruning axes keep their default (a method sets them)
+        for key, default in AXIS_DEFAULTS.items():
+            axes.setdefault(key, [default])
     return axes
 
 
@@ -280,10 +280,8 @@ def _check_points(c: _Checker, section: str, raw: Any, axes: dict, named: bool) 
         for axis, value in point.items():
             if axis == "name" and named:
                 continue
-            if axis in PRUNING_AXES and value not in PRUNING_AXES[axis]:
-                raise c.fail(
-                    f"{key}.{axis}", f"unknown value {value!r}", f"use one of {list(PRUNING_AXES[axis])}"
-                )
+            if (axis in PRUNING_AXES or axis == METHOD_AXIS) and value not in axis_values(axis):
+                raise c.fail(f"{key}.{axis}", *unknown_value(axis, value))
             if axis not in PRUNING_AXES and (axis not in axes and (not named or "." not in axis)):
                 raise c.fail(f"{key}.{axis}", "not an axis of this grid", f"use one of {', '.join(axes)}")
         points.append(dict(point))

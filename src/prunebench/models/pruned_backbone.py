@@ -142,7 +142,7 @@ class PrunedBackbone(BaseModule):
                 for i in range(depth)
             ]
         )
-        self.method = method
+        self.method, self.selector = method, selector
         self.mechanism = build_mechanism(method, embed_dim, prune_layers, keep_ratios, pruned_tokens)
         n_selectors = 0 if self.mechanism else len(set(self.selector_of_layer))
         self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in range(n_selectors)])

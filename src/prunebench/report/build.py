@@ -13,7 +13,8 @@ from typing import Any
 from ..axes import PRUNING_AXES
 from ..results import Run, scan_results
 from .effects import compute_effects
-from .paper import check_paper
+from .methods import METHOD, compare_methods
+from .paper import check_paper, load_paper
 from .rows import _aggregate, _DenseIndex, _run_row, _setting_label, timing_setup
 from .schema import COLUMNS, IDENTITY, METRICS, Report, cell, short_axis
 
@@ -89,7 +90,8 @@ def build_report(
     findings (``margin``: the equivalence margin in AP). Raises FileNotFoundError / ValueError."""
     runs = scan_results(root)
     axes_seen = {a for r in runs for a in r.axes}
-    axes = [a for a in PRUNING_AXES if a in axes_seen] + sorted(axes_seen - set(PRUNING_AXES))
+    leading = [METHOD, *PRUNING_AXES]
+    axes = [a for a in leading if a in axes_seen] + sorted(axes_seen - set(leading))
     filters = parse_where(where, [*axes, "sweep", "run_id", "backbone", "stage", "seed"])
     dense = _DenseIndex([r for r in runs if r.state == "done"])
     kept = [r for r in runs if all(_matches(_field(r, k), v) for k, v in filters)]
@@ -127,4 +129,5 @@ def build_report(
     )
     if paper:
         report.paper = check_paper(report, margin)
+        report.paper.methods, report.paper.method_verdicts = compare_methods(run_rows, load_paper())
     return report

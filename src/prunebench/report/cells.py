@@ -6,8 +6,18 @@ the tables' headers, and the line that cites the paper's reference values.
 from __future__ import annotations
 
 from ..axes import AXIS_HEADERS
-from .paper import HEADLINE
-from .schema import COLUMNS, EFFECT_METRICS, Effect, Report, Verdict, cell, short_axis
+from .paper import HEADLINE, load_paper
+from .schema import (
+    COLUMNS,
+    EFFECT_METRICS,
+    Effect,
+    MethodRow,
+    MethodVerdict,
+    Report,
+    Verdict,
+    cell,
+    short_axis,
+)
 
 EFFECTS_TITLE = (
     "Per-axis effects: mean paired difference (first − second) over runs that differ only in "
@@ -95,3 +105,83 @@ def headline_cells(row: dict) -> list[str]:
 def _source(report: Report) -> str:
     s = report.paper.source
     return f'Reference values: {s["cite"]}, "{s["title"]}" ({s["paper"]}; code {s["code"]}); {s["where"]}.'
+
+
+METHODS_TITLE = (
+    "The paper's comparison: each method vs its own dense parent (Δ: mean over seeds with its "
+    "95 % t-interval), this study beside the published values"
+)
+METHOD_HEADERS = (
+    "method",
+    "seeds",
+    "Δ box AP",
+    "Δ mask AP",
+    "speed-up full",
+    "speed-up bb",
+    "keep",
+    "paper Δ box",
+    "paper Δ mask",
+    "paper speed-up full",
+    "paper speed-up bb",
+)
+METHOD_VERDICT_HEADERS = (
+    "metric",
+    "prior methods",
+    "gap (prior − svit)",
+    "95 % CI",
+    "seeds",
+    "paper",
+    "verdict",
+    "why",
+)
+
+
+def _mean_ci(iv, fmt: str = "{:+.2f}") -> str:
+    if iv is None:
+        return "—"
+    return fmt.format(iv.mean) + ("" if iv.low is None else " " + _interval(fmt, iv.low, iv.high))
+
+
+def _num(value, fmt: str) -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def method_cells(row: MethodRow) -> list[str]:
+    """One method of the comparison as the strings of METHOD_HEADERS (its group, if any, first)."""
+    pub = row.published
+    return [
+        f"{row.group}: {row.method}" if row.group else row.method,
+        str(row.seeds),
+        _mean_ci(row.d_box_ap),
+        _mean_ci(row.d_mask_ap),
+        _num(row.speedup_full, "{:.2f}×"),
+        _num(row.speedup_backbone, "{:.2f}×"),
+        _num(row.keep_ratio, "{:.3f}"),
+        _num(pub.get("d_box_ap"), "{:+.1f}"),
+        _num(pub.get("d_mask_ap"), "{:+.1f}"),
+        _num(pub.get("speedup_full"), "{:.2f}×"),
+        _num(pub.get("speedup_backbone"), "{:.2f}×"),
+    ]
+
+
+def method_verdict_cells(v: MethodVerdict) -> list[str]:
+    """The headline verdict as the strings of METHOD_VERDICT_HEADERS."""
+    gap = v.gap
+    metric = f"{v.group}: {v.metric}" if v.group else v.metric
+    return [
+        metric,
+        ", ".join(v.prior),
+        _num(gap and gap.mean, "{:+.2f}"),
+        "—" if gap is None else _interval("{:+.2f}", gap.low, gap.high),
+        str(gap.n if gap else 0),
+        _num(v.paper_gap, "{:+.1f}"),
+        v.verdict,
+        v.reason,
+    ]
+
+
+def methods_source(report: Report) -> str:
+    """Where the published values of the comparison come from."""
+    sources = sorted({row.published["source"] for row in report.paper.methods if row.published})
+    where = load_paper().get("methods", {}).get("where", "")
+    return "Published values: " + "; ".join([*sources, where]) if sources or where else ""

@@ -1,6 +1,7 @@
 """The figure a paper would print: box and mask AP against full-network latency, one marker shape
-per (pruned tokens, reactivation) setting, one colour per (rate, selector) setting, the dense
-model as a reference line, error bars over seeds, and the Pareto front."""
+per (pruned tokens, reactivation) setting, one colour per (rate, selector) setting (a run of a
+``method`` gets its method's own marker and colour), the dense model as a reference line, error
+bars over seeds, and the Pareto front."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from itertools import product
 from pathlib import Path
 
 from ..axes import PRUNING_AXES, impossible, value_label
+from ..presets import PRESETS
 from .schema import Report
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -24,6 +26,9 @@ SHAPE_OF = {
     )
 }
 COLOUR_OF = {k: _COLOURS[i] for i, k in enumerate(product(PRUNING_AXES["rate"], PRUNING_AXES["selector"]))}
+_METHOD_COLOURS = ("black", "tab:red", "tab:cyan", "tab:olive", "tab:gray", "navy")
+METHOD_STYLE = {m: (_SHAPES[i % len(_SHAPES)], _METHOD_COLOURS[i % 6]) for i, m in enumerate(PRESETS)}
+METHOD = "method"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -38,7 +43,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def _style(row: dict) -> tuple[tuple, tuple]:
     a = row["axes"]
+    if a.get(METHOD) is not None:
+        return (METHOD, a[METHOD]), (METHOD, a[METHOD])
     return (a.get("pruned_tokens"), a.get("reactivation")), (a.get("rate"), a.get("selector"))
+
+
+def _shape(key: tuple) -> str:
+    return METHOD_STYLE.get(key[1], ("X",))[0] if key[0] == METHOD else SHAPE_OF.get(key, "X")
+
+
+def _colour(key: tuple) -> str:
+    return (
+        METHOD_STYLE.get(key[1], ("", "tab:gray"))[1] if key[0] == METHOD else COLOUR_OF.get(key, "tab:gray")
+    )
 
 
 def _name(axes: tuple[str, str], key: tuple) -> str:
@@ -67,8 +84,8 @@ def plot_pareto(report: Report, path: Path) -> int:
             if not r["dense"]:
                 groups.setdefault(_style(r), []).append(r)
         for (shape_key, colour_key), group in groups.items():  # one call per style: fast for many points
-            shapes[shape_key] = shape = SHAPE_OF.get(shape_key, "X")
-            colours[colour_key] = colour = COLOUR_OF.get(colour_key, "tab:gray")
+            shapes[shape_key] = shape = _shape(shape_key)
+            colours[colour_key] = colour = _colour(colour_key)
             ax.errorbar(
                 [r["latency_full"] for r in group],
                 [r[key] for r in group],
@@ -114,37 +131,55 @@ def plot_pareto(report: Report, path: Path) -> int:
         ax.grid(alpha=0.3)
         ax.margins(x=0.08, y=0.08)
     legend = dict(fontsize=8, title_fontsize=8, frameon=False)
-    order = list(SHAPE_OF) + list(COLOUR_OF)
-    fig.legend(
-        handles=[
-            Line2D(
-                [],
-                [],
-                marker=shapes[k],
-                ls="none",
-                color="lightgray",
-                mec="black",
-                ms=8,
-                label=_name(("pruned_tokens", "reactivation"), k),
-            )
-            for k in sorted(shapes, key=lambda k: order.index(k) if k in order else len(order))
-        ],
-        loc="outside lower left",
-        title="marker: pruned tokens / reactivation",
-        **legend,
-    )
-    fig.legend(
-        handles=[
-            Line2D(
-                [], [], marker="o", ls="none", color=colours[k], ms=8, label=_name(("rate", "selector"), k)
-            )
-            for k in sorted(colours, key=lambda k: order.index(k) if k in order else len(order))
-        ],
-        loc="outside lower center",
-        ncol=2,
-        title="colour: rate / selector",
-        **legend,
-    )
+    order = list(SHAPE_OF) + list(COLOUR_OF) + [(METHOD, m) for m in PRESETS]
+    methods = [k for k in shapes if k[0] == METHOD]
+    shapes = {k: v for k, v in shapes.items() if k[0] != METHOD}
+    colours = {k: v for k, v in colours.items() if k[0] != METHOD}
+    rank = lambda k: order.index(k) if k in order else len(order)  # noqa: E731
+    if methods:
+        handles = [
+            Line2D([], [], marker=_shape(k), ls="none", color=_colour(k), mec="black", ms=8, label=k[1])
+            for k in sorted(methods, key=rank)
+        ]
+        fig.legend(handles=handles, loc="outside lower left", ncol=3, title="method", **legend)
+    if shapes:
+        fig.legend(
+            handles=[
+                Line2D(
+                    [],
+                    [],
+                    marker=shapes[k],
+                    ls="none",
+                    color="lightgray",
+                    mec="black",
+                    ms=8,
+                    label=_name(("pruned_tokens", "reactivation"), k),
+                )
+                for k in sorted(shapes, key=rank)
+            ],
+            loc="outside lower center" if methods else "outside lower left",
+            title="marker: pruned tokens / reactivation",
+            **legend,
+        )
+    if colours:
+        fig.legend(
+            handles=[
+                Line2D(
+                    [],
+                    [],
+                    marker="o",
+                    ls="none",
+                    color=colours[k],
+                    ms=8,
+                    label=_name(("rate", "selector"), k),
+                )
+                for k in sorted(colours, key=rank)
+            ],
+            loc="outside right upper" if methods else "outside lower center",
+            ncol=1 if methods else 2,
+            title="colour: rate / selector",
+            **legend,
+        )
     refs = [
         Line2D([], [], marker="*", ls="--", color="black", ms=12, label="dense (reference line)"),
         Line2D([], [], color="crimson", lw=1.4, label="Pareto front"),

@@ -14,15 +14,21 @@ from .cells import (
     EFFECT_HEADERS,
     EFFECTS_TITLE,
     HEADLINE_HEADERS,
+    METHOD_HEADERS,
+    METHOD_VERDICT_HEADERS,
+    METHODS_TITLE,
     VERDICT_HEADERS,
     _cells,
     _display_columns,
     _source,
     effect_cells,
     headline_cells,
+    method_cells,
+    method_verdict_cells,
+    methods_source,
     verdict_cells,
 )
-from .schema import COLUMNS, IDENTITY, METRICS, Effect, Report, Verdict
+from .schema import COLUMNS, IDENTITY, METRICS, Effect, MethodRow, MethodVerdict, Report, Verdict
 
 FORMATS = ("table", "csv", "markdown", "json", "latex")
 
@@ -96,12 +102,47 @@ def verdict_record(v: Verdict, margin: float) -> dict:
     }
 
 
+def _interval_record(prefix: str, iv) -> dict:
+    keys = ("mean", "ci_low", "ci_high", "sd")
+    return {f"{prefix}_{k}": None if iv is None else getattr(iv, k.removeprefix("ci_")) for k in keys}
+
+
+def method_record(row: MethodRow) -> dict:
+    return {
+        "group": row.group,
+        "method": row.method,
+        "seeds": row.seeds,
+        **_interval_record("d_box_ap", row.d_box_ap),
+        **_interval_record("d_mask_ap", row.d_mask_ap),
+        "speedup_full": row.speedup_full,
+        "speedup_backbone": row.speedup_backbone,
+        "keep_ratio": row.keep_ratio,
+        **{f"paper_{k}": v for k, v in row.published.items()},
+    }
+
+
+def method_verdict_record(v: MethodVerdict) -> dict:
+    return {
+        "group": v.group,
+        "metric": v.metric,
+        "prior": ", ".join(v.prior),
+        **_interval_record("gap", v.gap),
+        "seeds": v.gap.n if v.gap else 0,
+        "paper_gap": v.paper_gap,
+        "verdict": v.verdict,
+        "reason": v.reason,
+    }
+
+
 def records(report: Report) -> dict[str, list[dict]]:
-    """table name -> flat records: runs, effects and, with ``--paper``, verdicts and headline."""
+    """table name -> flat records: runs, effects and, with ``--paper``, verdicts, headline and
+    (with a ``method`` axis) the methods' comparison and its verdict."""
     out = {"run": flat_rows(report), "effect": [effect_record(e) for e in report.effects]}
     if report.paper:
         out["verdict"] = [verdict_record(v, report.paper.margin) for v in report.paper.verdicts]
         out["headline"] = report.paper.headline
+        out["method"] = [method_record(r) for r in report.paper.methods]
+        out["method_verdict"] = [method_verdict_record(v) for v in report.paper.method_verdicts]
     return out
 
 
@@ -135,6 +176,8 @@ def to_json(report: Report) -> str:
             "margin": report.paper.margin,
             "verdicts": recs["verdict"],
             "headline": recs["headline"],
+            "methods": recs["method"],
+            "method_verdicts": recs["method_verdict"],
         }
     return json.dumps(data, indent=2, default=str) + "\n"
 
@@ -173,6 +216,17 @@ def to_markdown(report: Report) -> str:
             "",
             _source(report),
         ]
+        if report.paper.methods:
+            lines += [
+                "",
+                f"**{METHODS_TITLE}**",
+                "",
+                *_md_table(METHOD_HEADERS, map(method_cells, report.paper.methods)),
+                "",
+                *_md_table(METHOD_VERDICT_HEADERS, map(method_verdict_cells, report.paper.method_verdicts)),
+                "",
+                methods_source(report),
+            ]
     if report.not_done:
         not_done = ([r.run_id, r.sweep, r.state, detail(r)] for r in report.not_done)
         lines += ["", "**Not done**", "", *_md_table(("run", "sweep", "state", "note"), not_done)]
@@ -232,6 +286,19 @@ def to_latex(report: Report) -> str:
             *_tex_table("lrrrr", HEADLINE_HEADERS, map(headline_cells, report.paper.headline)),
             f"% {_tex(_source(report))}",
         ]
+        if report.paper.methods:
+            lines += [
+                "",
+                f"% {_tex(METHODS_TITLE)}",
+                *_tex_table("lrrrrrrrrrr", METHOD_HEADERS, map(method_cells, report.paper.methods)),
+                "",
+                *_tex_table(
+                    "llrrrrll",
+                    METHOD_VERDICT_HEADERS,
+                    map(method_verdict_cells, report.paper.method_verdicts),
+                ),
+                f"% {_tex(methods_source(report))}",
+            ]
     lines += [f"% not done: {r.run_id} ({r.sweep}) {r.state}: {detail(r)}" for r in report.not_done]
     return "\n".join(lines) + "\n"
 

@@ -22,6 +22,9 @@ def _setting_label(run: Run, axes: list[str], multi_sweep: bool, multi_backbone:
     parts += [run.backbone or "?"] if multi_backbone else []
     if run.is_dense:
         parts.append("dense")
+    method = run.axes.get("method")
+    if method is not None:  # a method names its four axes: show it and the other settings
+        axes = [a for a in axes if a not in PRUNING_AXES]
     parts += [
         ("react" if v else "no-react") if a == "reactivation" else axis_label(a, v)
         for a in axes

@@ -15,7 +15,7 @@ from typing import Any
 from .. import axes as facts
 from ..axes import PRUNING_AXES
 from ..results import Run
-from .stats import POWER
+from .stats import POWER, Interval
 
 # (key, header, format, higher is better): metric columns in display order.
 COLUMNS = (
@@ -66,6 +66,8 @@ def cell(value: Any) -> str:
 
 def axis_label(axis: str, value: Any) -> str:
     """How one axis value reads in sentences and legends."""
+    if axis == "method":
+        return str(value)
     return facts.value_label(axis, value) if axis in PRUNING_AXES else f"{short_axis(axis)}={cell(value)}"
 
 
@@ -128,11 +130,44 @@ class Verdict:
 
 
 @dataclass
+class MethodRow:
+    """One method of the paper's comparison: its change vs its own dense parent (95 % t-interval
+    over seeds), mean speed-ups and keep ratio, and the published values (None: no primary source
+    states them)."""
+
+    group: str  # the setting its runs share (backbone, swept keys)
+    method: str
+    seeds: int
+    d_box_ap: Interval | None
+    d_mask_ap: Interval | None
+    speedup_full: float | None
+    speedup_backbone: float | None
+    keep_ratio: float | None
+    published: dict  # d_box_ap, d_mask_ap, speedup_full, speedup_backbone, source
+
+
+@dataclass
+class MethodVerdict:
+    """The headline: the prior methods' mean change minus the paper's method's, per seed, with
+    its 95 % t-interval over seeds (the paper: about −1.5 vs −0.3 AP)."""
+
+    group: str
+    metric: str
+    prior: list[str]
+    gap: Interval | None
+    paper_gap: float | None
+    verdict: str  # reproduced | contradicted | inconclusive
+    reason: str
+
+
+@dataclass
 class PaperCheck:
     source: dict
     margin: float
     verdicts: list[Verdict]
     headline: list[dict]  # label, d_box_ap, d_mask_ap, speedup_full, speedup_backbone (+ _std)
+    methods: list[MethodRow] = field(default_factory=list)  # with a ``method`` axis
+    method_verdicts: list[MethodVerdict] = field(default_factory=list)
 
 
 @dataclass

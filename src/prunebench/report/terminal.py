@@ -10,12 +10,18 @@ from .cells import (
     EFFECT_HEADERS,
     EFFECTS_TITLE,
     HEADLINE_HEADERS,
+    METHOD_HEADERS,
+    METHOD_VERDICT_HEADERS,
+    METHODS_TITLE,
     VERDICT_HEADERS,
     _cells,
     _display_columns,
     _source,
     effect_cells,
     headline_cells,
+    method_cells,
+    method_verdict_cells,
+    methods_source,
     verdict_cells,
 )
 from .schema import COLUMNS, Report
@@ -165,3 +171,33 @@ def _print_paper(report: Report, console, Table, Text) -> None:
         head.add_row(*(Text(c) for c in headline_cells(row)))
     console.print(head)
     console.print(Text(_source(report), style="dim"))
+    if check.methods:
+        _print_methods(report, console, Table, Text)
+
+
+def _print_methods(report: Report, console, Table, Text) -> None:
+    check = report.paper
+    table = Table(title=METHODS_TITLE, title_justify="left", header_style="bold")
+    for i, header in enumerate(METHOD_HEADERS):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i in (2, 3))
+    for row in check.methods:
+        table.add_row(*(Text(c) for c in method_cells(row)), style="bold" if row.method == "svit" else "")
+    console.print(table)
+    if check.method_verdicts:
+        verdicts = Table(
+            title="Headline: do prior methods lose more than svit? (per seed: mean Δ of the prior "
+            "methods − svit's Δ; 95 % t-interval over seeds)",
+            title_justify="left",
+            header_style="bold",
+        )
+        for i, header in enumerate(METHOD_VERDICT_HEADERS):
+            verdicts.add_column(header, justify="right" if 2 <= i <= 5 else "left")
+        for v in check.method_verdicts:
+            cells = method_verdict_cells(v)
+            verdicts.add_row(
+                *(Text(c) for c in cells[:6]),
+                Text(cells[6], f"bold {VERDICT_STYLES[v.verdict]}"),
+                Text(cells[7]),
+            )
+        console.print(verdicts)
+    console.print(Text(methods_source(report), style="dim"))

@@ -31,7 +31,7 @@ class ATS(ClassAttentionMethod):
     """ATS's adaptive token sampling (module docstring)."""
 
     def run_block(self, i: int, blk: Block, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        N = x.shape[1]
+        N = int(x.shape[1])
         seq = torch.cat([self.class_token(x), self.kept(x)], dim=1)
         keys = key_mask(self._valid, 1)
         j = self.layer_of_block.get(i)
@@ -52,7 +52,7 @@ class ATS(ClassAttentionMethod):
 def sample_tokens(significance: torch.Tensor, valid: Optional[torch.Tensor], budget: int) -> torch.Tensor:
     """Bool (B, W): the tokens inverse transform sampling picks with ``budget`` levels from
     ``significance`` (B, W) >= 0 (``valid``: the real tokens, None for all)."""
-    B, W = significance.shape
+    B, W = (int(d) for d in significance.shape)
     s = significance.float() if valid is None else significance.float().masked_fill(~valid, 0.0)
     order = (s if valid is None else s.masked_fill(~valid, -1.0)).argsort(dim=1)  # padding first
     first = s.new_zeros(B, 1, dtype=torch.long) if valid is None else (~valid).sum(dim=1, keepdim=True)
@@ -66,4 +66,6 @@ def sample_tokens(significance: torch.Tensor, valid: Optional[torch.Tensor], bud
     lo = torch.maximum(hi - 1, first)
     nearer_lo = (cdf.gather(1, lo) - levels).abs() <= (cdf.gather(1, hi) - levels).abs()
     picked = order.gather(1, torch.where(nearer_lo, lo, hi))
-    return torch.zeros(B, W, dtype=torch.bool, device=s.device).scatter(1, picked, True)
+    return torch.zeros(B, W, dtype=torch.bool, device=s.device).scatter(
+        1, picked, torch.ones_like(picked, dtype=torch.bool)
+    )

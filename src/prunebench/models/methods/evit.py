@@ -32,12 +32,12 @@ class EViT(ClassAttentionMethod):
         self._fused: Optional[torch.Tensor] = None  # (B, 1, D) once a stage has pruned
 
     def run_block(self, i: int, blk: Block, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        N = x.shape[1]
+        N = int(x.shape[1])
         fused = [] if self._fused is None else [self._fused]
         seq = torch.cat([self.class_token(x), self.kept(x), *fused], dim=1)
         j = self.layer_of_block.get(i)
         seq = blk(seq) if j is None else self._prune(blk, seq, num_kept(self.keep_ratios[j], N), bool(fused))
-        width = N if self._idx is None else self._idx.shape[1]
+        width = N if self._idx is None else int(self._idx.shape[1])
         self._cls, rows, tail = seq[:, :1], seq[:, 1 : 1 + width], seq[:, 1 + width :]
         self._fused = tail if tail.shape[1] else None
         return self.put(x, rows), self.keep(N)
@@ -47,12 +47,14 @@ class EViT(ClassAttentionMethod):
         patch tokens with the most class attention, fuse the rest, and run the MLP."""
         a, cls_attn, _ = attend(blk, seq)
         score = cls_attn.mean(dim=1)  # (B, S): EViT averages the heads
-        width = seq.shape[1] - 1 - has_fused
+        width = int(seq.shape[1]) - 1 - has_fused
         if k >= width:
             return feed_forward(blk, a)
         patches, patch_score = a[:, 1 : 1 + width], score[:, 1 : 1 + width]
         top = patch_score.topk(k, dim=1).indices.sort(dim=1).values
-        pruned = torch.ones_like(patch_score, dtype=torch.bool).scatter(1, top, False)
+        pruned = torch.ones_like(patch_score, dtype=torch.bool).scatter(
+            1, top, torch.zeros_like(top, dtype=torch.bool)
+        )
         rows, weights = [patches], [patch_score * pruned]
         if has_fused:
             rows.append(a[:, -1:])

@@ -52,7 +52,7 @@ class EvoViT(ClassAttentionMethod):
         self.scores: Optional[torch.Tensor] = None
 
     def run_block(self, i: int, blk: Block, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        N = x.shape[1]
+        N = int(x.shape[1])
         cls = self.class_token(x)
         j = self.layer_of_block.get(i)
         if j is not None:
