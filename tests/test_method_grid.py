@@ -91,7 +91,8 @@ def test_shipped_method_grids_expand(tmp_path):
     runs, _ = expand(load_grid(coco))
     dense = [r for r in runs if r.stage == "dense"]
     assert len(dense) == 3 and len(runs) == 3 * (1 + len(PRESETS))  # three seeds
-    assert {r.backbone_args["family"] for r in runs} == {"adapter"} and {r.backbone for r in runs} == {"deit-tiny"}
+    assert {r.backbone_args["family"] for r in runs} == {"adapter"}
+    assert {r.backbone for r in runs} == {"deit-tiny"}
     assert all(r.schedule["epochs"] == 6 for r in runs if r.stage == "finetune")
 
 
@@ -101,12 +102,21 @@ def test_shipped_method_grids_expand(tmp_path):
 def method_runs(root: Path, make_run, drops: dict[str, list[float]]) -> None:
     """One dense run per seed (box 40, mask 36) and per method a finetune with the given drops."""
     for seed in range(len(next(iter(drops.values())))):
-        make_run(root, f"dense-s{seed}", {"method": None}, seed=seed, box=40.0, mask=36.0, full=100.0, bb=50.0)
+        make_run(
+            root, f"dense-s{seed}", {"method": None}, seed=seed, box=40.0, mask=36.0, full=100.0, bb=50.0
+        )
         for method, d in drops.items():
             axes = {**PRESETS[method].axes, "method": method}
             make_run(
-                root, f"{method}-s{seed}", axes, seed=seed, box=40.0 + d[seed], mask=36.0 + d[seed],
-                full=80.0, bb=40.0, keep=0.5,
+                root,
+                f"{method}-s{seed}",
+                axes,
+                seed=seed,
+                box=40.0 + d[seed],
+                mask=36.0 + d[seed],
+                full=80.0,
+                bb=40.0,
+                keep=0.5,
             )
 
 
@@ -145,3 +155,25 @@ def test_report_paper_method_verdict_is_inconclusive_with_one_seed_and_rendered(
     assert "The paper's comparison" in md and "| ats |" in md
     assert '"method": "ats"' in render(report, "json")
     assert render(report, "csv").count("method_verdict,") == 2
+
+
+def test_labels_plot_and_keep_maps_name_the_method(tmp_path, make_run):
+    from types import SimpleNamespace
+
+    from prunebench.report.plot import METHOD_STYLE, _style, plot_pareto
+    from prunebench.viz import method_label
+
+    method_runs(tmp_path / "sweep", make_run, {"svit": [-0.3], "evit": [-1.0]})
+    report = build_report(tmp_path)
+    labels = {r["axes"].get("method"): r["label"] for r in report.rows}
+    assert labels == {None: "dense", "svit": "svit", "evit": "evit"}
+    assert len(set(METHOD_STYLE.values())) == len(PRESETS)  # each method its own marker and colour
+    evit_row = next(r for r in report.rows if r["axes"].get("method") == "evit")
+    assert _style(evit_row) == (("method", "evit"), ("method", "evit"))
+    assert plot_pareto(report, tmp_path / "p.png") == 3
+    bb = SimpleNamespace(
+        method="selector", pruned_tokens="preserve", reactivation=True, rate="dynamic", selector="mlp"
+    )
+    assert method_label(tmp_path / "sweep" / "evit-s0", bb) == "method evit"  # from run.json
+    assert method_label(tmp_path / "elsewhere.py", SimpleNamespace(bb.__dict__, method="ats")) == "method ats"
+    assert method_label(tmp_path / "sweep" / "dense-s0", bb) == "preserve, reactivation, dynamic, mlp"

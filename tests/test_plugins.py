@@ -94,7 +94,10 @@ def test_a_registered_selector_is_also_a_method_value(tmp_path):
 
 
 def test_an_unknown_name_fails_before_any_job_and_lists_the_registered_ones(tmp_path):
-    with pytest.raises(GridError, match=rf"plugins\.yaml:12: axes\.selector\[1\]: unknown selector 'nope'.*mlp, gating.*{PLUGIN}"):
+    with pytest.raises(
+        GridError,
+        match=rf"plugins\.yaml:12: axes\.selector\[1\]: unknown selector 'nope'.*mlp, gating.*{PLUGIN}",
+    ):
         run_sweep(grid(tmp_path, "[mlp, nope]"), tmp_path / "results")
     assert not (tmp_path / "results").exists()
     with pytest.raises(GridError, match=r"plugins\.yaml:3: imports\[0\]: cannot import 'no_such_module'"):

@@ -289,6 +289,10 @@ def bench(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
     dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (autocast)."),
     rate: str = typer.Option("fixed", help="Pruned model's rate: fixed | dynamic."),
+    method: Optional[str] = typer.Option(
+        None,
+        help="Time a method preset (svit, dynamicvit, evit, evo-vit, ats, ...) with its schedule and axes.",
+    ),
     sparse_mode: str = typer.Option(
         "auto",
         "--sparse-mode",
@@ -317,6 +321,16 @@ def bench(
         raise typer.BadParameter(
             f"{sparse_mode!r}: use one of {', '.join(SPARSE_MODES)}", param_hint="--sparse-mode"
         )
+    pruned, schedule = {}, {}
+    if method is not None:
+        from .presets import backbone_args
+
+        try:
+            pruned = backbone_args(method, {})
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--method") from None
+        schedule = {k: pruned.pop(k) for k in ("prune_layers", "keep_ratios") if k in pruned}
+        rate = pruned.pop("rate")
     try:
         run_bench(
             arch=arch,
@@ -333,6 +347,8 @@ def bench(
             num_images=num_images,
             dtype=dtype,
             sparse_mode=sparse_mode,
+            pruned_args=pruned,
+            **schedule,
         )
     except (FileNotFoundError, ValueError) as e:  # --images that hold no usable images
         typer.echo(f"error: {e}", err=True)

@@ -25,6 +25,7 @@ __all__ = [
     "preset",
     "plugin_selectors",
     "method_cell",
+    "backbone_args",
     "blocks_needed",
 ]
 
@@ -144,6 +145,17 @@ def plugin_selectors() -> tuple[str, ...]:
     if registry is None:
         return ()
     return tuple(n for n in registry.SELECTORS.module_dict if n not in BUILTIN_SELECTORS)
+
+
+def backbone_args(name: str, args: dict) -> dict:
+    """Backbone arguments of a ``name`` finetune: ``args`` (the grid's), the method's four axes
+    (the class-attention methods have no selector: their ``selector`` value is a label) and its
+    own settings."""
+    p = preset(name)
+    out = {**args, **p.axes, **p.backbone}
+    if out.get("selector") == CLASS_ATTENTION:
+        del out["selector"]
+    return out
 
 
 def method_cell(cell: dict) -> dict:

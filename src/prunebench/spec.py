@@ -18,7 +18,7 @@ from typing import Any
 
 from .axes import FAMILY_ARGS, PRUNING_AXES, id_prefix, impossible
 from .grid import Grid, GridError
-from .presets import CLASS_ATTENTION, method_cell, preset
+from .presets import backbone_args, method_cell, preset
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
 _NOT_MEANING = {
@@ -128,12 +128,9 @@ def resolve(grid: Grid, cell: dict) -> tuple[dict, dict, dict]:
 
 
 def _method_settings(method: str, args: dict, schedule: dict) -> tuple[dict, dict]:
-    """A method's finetune: its backbone settings over the grid's, and its keep-ratio loss weight.
-    The class-attention methods have no selector (their ``selector`` axis value is a label)."""
+    """A method's finetune: its backbone settings over the grid's, and its keep-ratio loss weight."""
     p = preset(method)
-    args = {**args, **p.backbone}
-    if args.get("selector") == CLASS_ATTENTION:
-        del args["selector"]
+    args = backbone_args(method, args)
     if p.keep_ratio_loss_weight is not None:
         schedule = {**schedule, "keep_ratio_loss_weight": p.keep_ratio_loss_weight}
     return args, schedule

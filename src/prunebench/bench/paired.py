@@ -109,6 +109,7 @@ def run_bench(
     images: Optional[str] = None,
     num_images: int = 20,
     dtype: str = "fp32",
+    pruned_args: Optional[dict] = None,
     **backbone_kwargs,
 ) -> dict:
     """Dense vs pruned detector side by side in one process: a Rich table and a dict.
@@ -118,7 +119,8 @@ def run_bench(
     with the dense one. Inputs: a random
     ``input_size`` image, or with ``images`` (a folder or COCO annotation file) its first
     ``num_images`` images through the config's test pipeline, ``batch`` per call. ``config``
-    and ``backbone_kwargs`` (e.g. ``sparse_mode``) go to :func:`build_detector` for both.
+    and ``backbone_kwargs`` (e.g. ``sparse_mode``) go to :func:`build_detector` for both,
+    ``pruned_args`` (e.g. a method preset's axes and ``method``) to the pruned model only.
     """
     from rich.console import Console
     from rich.table import Table
@@ -129,7 +131,8 @@ def run_bench(
     )
     torch.manual_seed(seed)
     dense = build_detector(arch, config, family, **backbone_kwargs)
-    pruned = build_detector(arch, config, family, rate=rate, **schedule, **backbone_kwargs)
+    pruned_args = {"rate": rate, **(pruned_args or {})}
+    pruned = build_detector(arch, config, family, **schedule, **pruned_args, **backbone_kwargs)
     pruned.load_state_dict(dense.state_dict())  # selectors start fresh (logged)
     if images:
         batches, source = file_batches(images, _load_config(config), num_images, batch)
