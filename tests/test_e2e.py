@@ -176,3 +176,41 @@ def test_generated_configs_run_with_mmdetection_tools(tmp_path):
         assert test.returncode == 0, test.stderr[-3000:]
         assert "bbox_mAP_copypaste" in test.stdout + test.stderr
         assert "segm_mAP_copypaste" in test.stdout + test.stderr
+
+
+# MMEngine's pytorch launcher selects a CUDA device even for gloo; on a CPU-only machine there is none.
+CPU_DIST_TRAIN = """\
+import runpy, torch
+if not torch.cuda.is_available():
+    torch.cuda.set_device = lambda device: None
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_a_config_written_for_2_gpus_trains_its_total_batch_with_dist_training(tmp_path):
+    """A config written for 2 GPUs (total batch 4: 2 per GPU) under MMDetection's tools/train.py
+    with ``torch.distributed.run --nproc_per_node 2`` (CPU, gloo): the log shows 2 processes and
+    2 iterations per epoch over the 8 training images, i.e. 4 images per step in all."""
+    import mmdet
+
+    grid = make_grid(tmp_path)
+    grid.write_text(
+        grid.read_text().replace("batch_size: 2", "batch_size: 4").replace("iters: 4", "epochs: 1")
+    )
+    sweep = prepare(grid, tmp_path / "results", gpus=2)
+    config = sweep.sweep_dir / sweep.runs[0].run_id / "config.py"
+    assert f"bash tools/dist_train.sh {config} 2\n" in config.read_text()
+    train = tmp_path / "cpu_dist_train.py"
+    train.write_text(CPU_DIST_TRAIN.format(train=str(Path(mmdet.__file__).parent / ".mim/tools/train.py")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(train), str(config), "--launcher", "pytorch", "--cfg-options"]
+        + ["env_cfg.dist_cfg.backend=gloo", "model_wrapper_cfg.device_ids=None"],  # DDP of a CPU model
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "Distributed training: True" in log and "GPU number: 2" in log
+    assert "Epoch(train) [1][2/2]" in log  # 4 of 8 images a step; the total per GPU: [1][1/1]
