@@ -247,6 +247,8 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         "sweep": spec.sweep,
         "stage": spec.stage,
         "backbone": spec.backbone,
+        "family": spec.backbone_args.get("family", "plain"),
+        "selector_init": spec.backbone_args.get("selector_init"),  # None on a dense run
         "seed": spec.seed,
         "axes": spec.axes,
         **_coco_metrics(raw),
