@@ -86,6 +86,7 @@ def weights(
         ..., help="ImageNet DeiT checkpoint: official DeiT .pth, timm .pth/.bin or .safetensors."
     ),
     arch: str = typer.Option("deit-small", "--arch", help="deit-tiny | deit-small | deit-base."),
+    backbone: str = typer.Option("plain", "--backbone", help="Backbone family: plain | adapter."),
 ) -> None:
     """Check a pretrained checkpoint before a long job: load it the way a run would and list what it
     covers (loaded / fresh / ignored tensors). Exit 1 when it would not load."""
@@ -93,7 +94,7 @@ def weights(
 
     from .models.weights_report import check_weights
 
-    raise typer.Exit(check_weights(path, arch, Console()))
+    raise typer.Exit(check_weights(path, arch, Console(), backbone))
 
 
 @app.command()
