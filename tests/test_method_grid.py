@@ -175,5 +175,8 @@ def test_labels_plot_and_keep_maps_name_the_method(tmp_path, make_run):
         method="selector", pruned_tokens="preserve", reactivation=True, rate="dynamic", selector="mlp"
     )
     assert method_label(tmp_path / "sweep" / "evit-s0", bb) == "method evit"  # from run.json
-    assert method_label(tmp_path / "elsewhere.py", SimpleNamespace(bb.__dict__, method="ats")) == "method ats"
+    assert (
+        method_label(tmp_path / "elsewhere.py", SimpleNamespace(**{**vars(bb), "method": "ats"}))
+        == "method ats"
+    )
     assert method_label(tmp_path / "sweep" / "dense-s0", bb) == "preserve, reactivation, dynamic, mlp"
