@@ -41,7 +41,7 @@ GRID = """\
 name: plugins
 base: mask-rcnn-vit-cpu
 imports: [{module}]
-backbone: {{embed_dim: 32, depth: 2, num_heads: 2, prune_layers: [1], keep_ratios: [0.5], out_channels: 16}}
+backbone: {{embed_dim: 32, depth: 2, num_heads: 2, prune_layers: [1], keep_ratios: [0.5], out_channels: 16, selector_init: calibrated}}
 data: {{type: synthetic, num_train: 8, num_val: 4, image_size: [64, 64], num_classes: 2, img_scale: [64, 64], batch_size: 2, cache_dir: {cache}}}
 schedule: {{dense: {{iters: 4}}, finetune: {{iters: 2}}, warmup_iters: 1, checkpoint_interval: 2}}
 bench: {{images: 2, warmup: 1, repeats: 1}}
