@@ -44,76 +44,70 @@ class Preset:
     ``axes``: the four axes' values it fixes; ``backbone``: backbone arguments it sets (the grid's
     ``prune_layers`` / ``keep_ratios`` apply where it sets none); ``keep_ratio_loss_weight``: the
     detector's weight of the keep-ratio loss (None: the grid's); ``source``: where its semantics
-    come from; ``class_token``: the method adds a class token (detection backbones have none);
-    ``prior``: a prior method of the paper's headline comparison (~1.5 vs ~0.3 mAP drop).
+    come from; ``prior``: a prior method of the paper's headline comparison (~1.5 vs ~0.3 mAP drop).
     """
 
     name: str
-    summary: str
     axes: dict[str, Any]
     backbone: dict[str, Any] = field(default_factory=dict)
     keep_ratio_loss_weight: Optional[float] = None
     source: str = ""
-    class_token: bool = False
     prior: bool = False
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
+        # the paper's choice: pruned tokens preserved, reactivation, dynamic rate, MLP selector
         Preset(
             "svit",
-            "the paper's choice: pruned tokens preserved, reactivation, dynamic rate, MLP selector",
             dict(pruned_tokens="preserve", reactivation=True, rate="dynamic", selector="mlp"),
             source="Liu et al., WACV 2024; uzh-rpg/svit",
         ),
+        # the gating predictor before blocks 4/7/10 keeping 0.7/0.49/0.343 (top-k at inference),
+        # pruned tokens discarded, no reactivation; keep-ratio loss weight 2.0
         Preset(
             "dynamicvit",
-            "DynamicViT: gating predictor before blocks 4/7/10 keeping 0.7/0.49/0.343 (fixed rate), "
-            "pruned tokens discarded, no reactivation; keep-ratio loss weight 2.0",
             dict(pruned_tokens="discard", reactivation=False, rate="fixed", selector="gating"),
             dict(method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             keep_ratio_loss_weight=2.0,
             source="Rao et al., NeurIPS 2021; raoyongming/DynamicViT",
             prior=True,
         ),
+        # the same with pruned tokens preserved in the feature map (the paper's ablation row)
         Preset(
             "dynamicvit-preserve",
-            "DynamicViT with pruned tokens preserved in the feature map (the paper's ablation row)",
             dict(pruned_tokens="preserve", reactivation=False, rate="fixed", selector="gating"),
             dict(method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             keep_ratio_loss_weight=2.0,
-            source="Rao et al., NeurIPS 2021; the paper's preserve ablation",
+            source="Rao et al., NeurIPS 2021, with the paper's preserve ablation",
         ),
+        # keep the tokens with the most class attention at blocks 4/7/10 (0.7 of the previous
+        # stage each), fuse the rest into one attention-weighted token
         Preset(
             "evit",
-            "EViT: keep the tokens with the most class attention at blocks 4/7/10 (0.7 of the "
-            "previous stage each), fuse the rest into one attention-weighted token",
             dict(pruned_tokens="discard", reactivation=False, rate="fixed", selector=CLASS_ATTENTION),
             dict(method="evit", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             source="Liang et al., ICLR 2022; youweiliang/evit",
             prior=True,
-            class_token=True,
         ),
+        # from block 5 on, the half of the tokens with the most (momentum) class attention take the
+        # slow path; placeholders get a representative token's update (the fast path)
         Preset(
             "evo-vit",
-            "Evo-ViT: from block 5 on, the half of the tokens with the most (momentum) class "
-            "attention take the slow path; placeholders get a representative token's update",
             dict(pruned_tokens="preserve", reactivation=True, rate="fixed", selector=CLASS_ATTENTION),
             dict(method="evo-vit", prune_layers=list(range(4, 12)), keep_ratios=[0.5] * 8),
             source="Xu et al., AAAI 2022; YifanXu74/Evo-ViT; uzh-rpg/svit evovit_adapter.py",
             prior=True,
-            class_token=True,
         ),
+        # inverse-transform sampling of class-attention significance at blocks 4/7/10, at most
+        # 0.7/0.49/0.343 of the tokens; the count varies per image
         Preset(
             "ats",
-            "ATS: inverse-transform sampling of class-attention significance at blocks 4/7/10, at "
-            "most 0.7/0.49/0.343 of the tokens; the count varies per image",
             dict(pruned_tokens="discard", reactivation=False, rate="dynamic", selector=CLASS_ATTENTION),
             dict(method="ats", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             source="Fayyaz et al., ECCV 2022; adaptivetokensampling/ATS",
             prior=True,
-            class_token=True,
         ),
     )
 }
@@ -128,13 +122,7 @@ def preset(name: str) -> Preset:
         return PRESETS[name]
     if name in plugin_selectors():
         ours = PRESETS[OURS]
-        return replace(
-            ours,
-            name=name,
-            summary=f"plug-in selector {name!r} under {OURS}'s axes",
-            axes={**ours.axes, "selector": name},
-            source="plug-in",
-        )
+        return replace(ours, name=name, axes={**ours.axes, "selector": name}, source="plug-in selector")
     raise ValueError(f"unknown method {name!r}; presets: {', '.join(PRESETS)}")
 
 

@@ -6,6 +6,7 @@ the tables' headers, and the line that cites the paper's reference values.
 from __future__ import annotations
 
 from ..axes import AXIS_HEADERS
+from ..presets import PRESETS
 from .paper import HEADLINE, load_paper
 from .schema import (
     COLUMNS,
@@ -181,7 +182,11 @@ def method_verdict_cells(v: MethodVerdict) -> list[str]:
 
 
 def methods_source(report: Report) -> str:
-    """Where the published values of the comparison come from."""
+    """Where each method and the published values of the comparison come from."""
+    methods = dict.fromkeys(row.method for row in report.paper.methods)
+    defined = ", ".join(
+        f"{m} ({PRESETS[m].source if m in PRESETS else 'a plug-in selector'})" for m in methods
+    )
     sources = sorted({row.published["source"] for row in report.paper.methods if row.published})
     where = load_paper().get("methods", {}).get("where", "")
-    return "Published values: " + "; ".join([*sources, where]) if sources or where else ""
+    return f"Methods: {defined}. Published values: " + "; ".join([*sources, where])
