@@ -10,12 +10,7 @@ import torch.nn as nn
 
 from prunebench.models import PrunedViTAdapter
 from prunebench.models.adapter_modules import Geometry
-from prunebench.models.ms_deform_attn import (
-    DeformableAttention,
-    _grid_sample_form,
-    deform_attn_backend,
-    ms_deform_attn,
-)
+from prunebench.models.ms_deform_attn import DeformableAttention, deform_attn_backend, ms_deform_attn
 
 DATA = Path(__file__).parent / "data"
 SLIM = dict(
@@ -150,20 +145,23 @@ def _bilinear(value: torch.Tensor, x: float, y: float) -> torch.Tensor:
     return out
 
 
-def test_deformable_attention_core_is_the_definition():
-    """The wrapper (MMCV's form on CPU) equals bilinear sampling written out, summed with the
-    attention weights, per head."""
-    g = torch.Generator().manual_seed(0)
-    shapes = [(3, 4), (2, 2)]
-    B, Q, M, Dh, P = 2, 3, 2, 4, 3
+def _case(seed=0, shapes=((3, 4), (2, 2)), B=2, Q=3, M=2, Dh=4, P=3):
+    g = torch.Generator().manual_seed(seed)
     value = torch.randn(B, sum(h * w for h, w in shapes), M, Dh, generator=g)
     loc = torch.rand(B, Q, M, len(shapes), P, 2, generator=g) * 1.4 - 0.2  # some points outside
     weight = torch.rand(B, Q, M, len(shapes), P, generator=g)
+    return value, list(shapes), loc, weight
+
+
+def test_deformable_attention_core_is_the_definition():
+    """The CPU form equals bilinear sampling written out, summed with the attention weights, per
+    head and level."""
+    value, shapes, loc, weight = _case()
+    B, Q, M, L, P, _ = loc.shape
+    Dh = value.shape[-1]
     out = ms_deform_attn(value, shapes, loc, weight)
-    assert deform_attn_backend("cpu") == "mmcv-pytorch"
+    assert deform_attn_backend("cpu") == "gather"
     assert out.dtype == torch.float32 and out.shape == (B, Q, M * Dh)
-    # the form used where MMCV's ops are not installed is the same maths
-    torch.testing.assert_close(_grid_sample_form(value, shapes, loc, weight), out, rtol=1e-6, atol=1e-6)
     levels = value.split([h * w for h, w in shapes], dim=1)
     for b, q, m in itertools.product(range(B), range(Q), range(M)):
         ref = torch.zeros(Dh, dtype=torch.float64)
@@ -173,6 +171,22 @@ def test_deformable_attention_core_is_the_definition():
                 x, y = loc[b, q, m, lvl, p].tolist()
                 ref += weight[b, q, m, lvl, p].double() * _bilinear(v, x, y)
         torch.testing.assert_close(out[b, q, m * Dh : (m + 1) * Dh].double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_form_equals_mmcvs_pytorch_form_with_gradients():
+    """prunebench's CPU form and MMCV 2.1's ``multi_scale_deformable_attn_pytorch``: same outputs and
+    the same gradients to value, sampling locations and attention weights."""
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+
+    value, shapes, loc, weight = _case(seed=3, shapes=((6, 8), (3, 4), (2, 2)), Q=40, M=3, Dh=8, P=4)
+    grads = []
+    for fn in (ms_deform_attn, multi_scale_deformable_attn_pytorch):
+        inputs = [t.clone().requires_grad_() for t in (value, loc, weight)]
+        out = fn(inputs[0], shapes, *inputs[1:])
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), *(t.grad for t in inputs)))
+    for ours, mmcv in zip(*grads):
+        torch.testing.assert_close(ours, mmcv, rtol=1e-4, atol=1e-5)
 
 
 def test_deformable_attention_module_is_vit_adapters():

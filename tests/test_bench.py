@@ -9,8 +9,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from prunebench.bench import (
-    _gflops,
-    _load_config,
     build_detector,
     file_batches,
     latency_stats,
@@ -21,6 +19,8 @@ from prunebench.bench import (
     time_calls,
     vit_block_gflops,
 )
+from prunebench.bench.inputs import _load_config
+from prunebench.bench.probe import _gflops
 from prunebench.cli import app
 from prunebench.configs import TEMPLATE_DIR
 from prunebench.data import make_synthetic_coco

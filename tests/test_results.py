@@ -188,7 +188,7 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(results.fcntl, "flock", no_locks)
+    monkeypatch.setattr(results.lock.fcntl, "flock", no_locks)
     with run_lock(tmp_path):
         pass
     assert "no locks" in caplog.text

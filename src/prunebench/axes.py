@@ -67,6 +67,14 @@ def feature_channels(family: str, backbone_args: Mapping[str, Any]) -> int:
     return int(backbone_args.get("embed_dim") or ARCHS[backbone_args.get("arch", "deit-small")][0])
 
 
+#: how fresh selectors start: ``official`` (default layer init, about 50 % kept per selector, as
+#: the official code), ``target`` (a ``logit(share)`` bias) or ``calibrated`` (also calibrated on
+#: the first training batch).
+SELECTOR_INITS: tuple[str, ...] = ("official", "target", "calibrated")
+#: how selectors decide at inference: noise-free ``argmax`` or Gumbel-sampled (the official
+#: detection code never switches its selectors to inference, so its released AP are sampled).
+SELECTOR_INFERENCE: tuple[str, ...] = ("argmax", "gumbel")
+
 #: timm model names of the archs (for checkpoint docs and tests).
 TIMM_NAMES: dict[str, str] = {
     "deit-tiny": "deit_tiny_patch16_224",

@@ -13,6 +13,7 @@ import pprint
 from pathlib import Path
 from typing import Any
 
+from .axes import FAMILIES, FAMILY_ARGS, feature_channels
 from .configs import base_path
 from .grid import Grid
 from .spec import RunSpec
@@ -21,7 +22,7 @@ from .spec import RunSpec
 def load_base(grid: Grid) -> dict:
     """The grid's base config as a plain dict (``_base_`` inheritance resolved by MMEngine).
 
-    Any MMDetection Mask R-CNN config works: its backbone is replaced by ``PrunedViT``, its
+    Any MMDetection Mask R-CNN config works: its backbone is replaced by prunebench's, its
     detector by ``PrunedMaskRCNN``, and ``prunebench.models`` joins its ``custom_imports``."""
     from mmengine.config import Config
 
@@ -35,7 +36,7 @@ def load_base(grid: Grid) -> dict:
             "as mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
         )
     model["type"] = "PrunedMaskRCNN"
-    if model["backbone"].get("type") != "PrunedViT":
+    if model["backbone"].get("type") not in FAMILIES.values():
         model["backbone"] = dict(type="PrunedViT", out_channels=model["neck"].get("out_channels", 256))
     imports = cfg.setdefault("custom_imports", dict(imports=[], allow_failed_imports=False))
     if "prunebench.models" not in imports["imports"]:
@@ -120,10 +121,7 @@ def build_config(
 ) -> dict:
     """The full config dict of one run."""
     cfg = copy.deepcopy(base)
-    for key, value in spec.backbone_args.items():
-        set_dotted(cfg, f"model.backbone.{key}", value)
-    out_ch = cfg["model"]["backbone"].get("out_channels", 256)
-    set_dotted(cfg, "model.neck.in_channels", [out_ch] * 4)
+    _set_backbone(cfg, spec.backbone_args)
     if "keep_ratio_loss_weight" in spec.schedule:
         set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
     _set_data(cfg, grid.data, data_root, classes)
@@ -137,6 +135,20 @@ def build_config(
     for key, value in spec.overrides.items():
         set_dotted(cfg, key, value)
     return cfg
+
+
+def _set_backbone(cfg: dict, args: dict) -> None:
+    """The run's backbone: its family's registered class (``family``: ``plain`` | ``adapter``),
+    the base's settings that family takes, then the run's arguments; the FPN reads its maps. The
+    adapter's BatchNorms become SyncBatchNorm in distributed runs (MMEngine's ``sync_bn``)."""
+    family = args.get("family", "plain")
+    others = {k for f, keys in FAMILY_ARGS.items() if f != family for k in keys}
+    backbone = {k: v for k, v in cfg["model"]["backbone"].items() if k not in others}
+    backbone.update({k: v for k, v in args.items() if k != "family"}, type=FAMILIES[family])
+    cfg["model"]["backbone"] = backbone
+    cfg["model"]["neck"]["in_channels"] = [feature_channels(family, backbone)] * 4
+    if family == "adapter":
+        cfg["sync_bn"] = "torch"
 
 
 def _set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .axes import PRUNING_AXES, id_prefix, impossible
+from .axes import FAMILY_ARGS, PRUNING_AXES, id_prefix, impossible
 from .grid import Grid, GridError
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
@@ -24,7 +24,8 @@ _NOT_MEANING = {
     "data": ("root", "cache_dir", "num_workers"),
     "schedule": ("checkpoint_interval", "log_interval"),
 }
-_DENSE_ONLY_BACKBONE = ("prune_layers", "keep_ratios", "tau")  # pruning settings: not the dense run's
+#: pruning settings: not the dense run's (its id does not change with them)
+_DENSE_ONLY_BACKBONE = ("prune_layers", "keep_ratios", "tau", "selector_init", "selector_inference")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def resolve(grid: Grid, cell: dict) -> tuple[dict, dict, dict]:
     overrides = dict(grid.overrides)
     if "model.backbone.arch" in cell:
         backbone["arch"] = cell["model.backbone.arch"]
+    if "family" in cell:
+        backbone["family"] = cell["family"]
     for axis, by_value in grid.per_value.items():
         for value, settings in by_value:
             if cell.get(axis) != value:
@@ -109,6 +112,10 @@ def resolve(grid: Grid, cell: dict) -> tuple[dict, dict, dict]:
                         schedule[rest] = v
                 else:
                     overrides[key] = v
+    family = backbone.get("family", "plain")  # another family's own arguments do not apply
+    backbone = {
+        k: v for k, v in backbone.items() if all(k not in FAMILY_ARGS[f] for f in FAMILY_ARGS if f != family)
+    }
     for stage in ("dense", "finetune"):  # a per-value length replaces the other unit
         st = schedule[stage]
         if "iters" in st and "epochs" in st:
@@ -149,7 +156,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     bench = {"images": 20, "warmup": 2, "repeats": 5, **grid.bench}
     dense_runs: dict[tuple, RunSpec] = {}
     finetunes: dict[str, RunSpec] = {}
-    multi_arch = len(set(grid.axes.get("model.backbone.arch", []))) > 1
+    tagged = [k for k in ("model.backbone.arch", "family") if len(grid.axes.get(k, [])) > 1]
     for seed in grid.seeds:
         for name, cell in kept:
             others = {k: cell[k] for k in others_keys if k in cell}
@@ -157,7 +164,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             backbone, schedule, overrides = resolve(grid, {**others, **{k: cell[k] for k in pruning}})
             common = _shared(dense_sched)
             arch = backbone["arch"]
-            tag = f"-{arch.split('-')[-1]}" if multi_arch else ""
+            tag = "".join(f"-{str(cell[k]).split('-')[-1]}" for k in tagged)
             dense_bb = {k: v for k, v in dense_bb.items() if k not in _DENSE_ONLY_BACKBONE}
             dense_payload = {
                 "base": base_id,

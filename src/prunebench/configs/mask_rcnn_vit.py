@@ -48,7 +48,8 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
-                       custom_keys={'pos_embed': dict(decay_mult=0.0)}),
+                       custom_keys={'pos_embed': dict(decay_mult=0.0),
+                                    'level_embed': dict(decay_mult=0.0)}),
     clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),

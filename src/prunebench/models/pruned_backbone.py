@@ -34,17 +34,13 @@ from mmengine.model import BaseModule
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-from ..axes import ARCHS, PRUNING_AXES, impossible, stages
+from ..axes import ARCHS, PRUNING_AXES, SELECTOR_INFERENCE, SELECTOR_INITS, impossible, stages
 from ..distributed import all_ranks_sum
 from .blocks import SPARSE_MODES, gated_block, sparse_block
 from .deit_weights import load_pretrained
-from .selectors import SELECTOR_INITS, build_selector, keep_decision
+from .selectors import build_selector, keep_decision
 
-__all__ = ["PrunedBackbone", "SELECTOR_INFERENCE", "pad_to_32"]
-
-#: how selectors decide at inference: noise-free ``argmax`` or Gumbel-sampled (the official
-#: detection code never switches its selectors to inference, so its released AP are sampled).
-SELECTOR_INFERENCE = ("argmax", "gumbel")
+__all__ = ["PrunedBackbone", "pad_to_32"]
 
 
 def pad_to_32(img: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..axes import SELECTOR_INITS
 from ..distributed import all_gather_rows
 
 __all__ = [
-    "SELECTOR_INITS",
     "Selector",
     "MlpSelector",
     "GatingSelector",
@@ -41,8 +41,6 @@ __all__ = [
     "num_kept",
     "build_selector",
 ]
-
-SELECTOR_INITS = ("official", "target", "calibrated")
 
 #: spread (std of the keep-minus-prune logit over tokens) a ``calibrated`` selector starts with:
 #: wide next to the logistic noise of the Gumbel decision (std 1.8), so that its training

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .build import build_report
 from .plot import PLOT_SUFFIXES, plot_pareto
-from .render import FORMATS, print_table, render
+from .render import FORMATS, render
+from .terminal import print_table
 
 
 def run_report(

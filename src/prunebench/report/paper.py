@@ -4,15 +4,11 @@ each of the paper's four findings, plus its best pruned cell beside the paper's 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import axes as facts
-
-if TYPE_CHECKING:
-    from .build import Effect, Report
+from .schema import Effect, PaperCheck, Report, Verdict
 
 PAPER_FILE = Path(__file__).with_name("paper.json")
 VERDICT_METRICS = ("box_ap", "mask_ap")  # each finding is judged on both
@@ -52,26 +48,6 @@ def load_paper(path: Path = PAPER_FILE) -> dict:
     if not data.get("findings") or not (data.get("source") or {}).get("cite"):
         raise ValueError(f"{path}: needs 'findings' and 'source.cite'")
     return data
-
-
-@dataclass
-class Verdict:
-    finding: int  # 1-based, as listed in paper.json
-    claim: str
-    axis: str
-    paper: str  # the paper's direction: "preserve > discard", "mlp ≈ gating (±0.5 AP)"
-    metric: str
-    effect: Effect | None
-    verdict: str  # reproduced | contradicted | inconclusive
-    reason: str
-
-
-@dataclass
-class PaperCheck:
-    source: dict
-    margin: float
-    verdicts: list[Verdict]
-    headline: list[dict]  # label, d_box_ap, d_mask_ap, speedup_full, speedup_backbone (+ _std)
 
 
 def judge(effect: Effect | None, kind: str, margin: float) -> tuple[str, str]:

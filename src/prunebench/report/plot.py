@@ -9,7 +9,7 @@ from itertools import product
 from pathlib import Path
 
 from ..axes import PRUNING_AXES, impossible, value_label
-from .build import Report
+from .schema import Report
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _SHAPES = "os^vDP"

@@ -1,0 +1,84 @@
+"""The files of a run folder ``results/<sweep>/<run_id>/`` and the run's state: ``run.json`` (the
+RunSpec), ``config.py``, ``status.json``, ``metrics.json``, ``train.log``, ``work_dir/``
+(MMEngine's logs and checkpoints); JSON written atomically, ``status.json`` replaced in place,
+the one rule of "finished", and a failure recorded for a process that could not say why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .lock import lock_holder
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.py"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "train.log"
+WORK_DIR = "work_dir"
+
+STATES = ("pending", "running", "done", "failed", "skipped")
+REQUIRED_METRICS = ("box_ap", "latency_ms")  # a metrics.json without one of these is incomplete
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON so that readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict | None:
+    """Parsed JSON object, or None when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_status(run_dir: Path, state: str, **extra: Any) -> dict:
+    """Replace ``status.json`` with ``state`` plus ``extra``; keeps fields such as the Slurm job id."""
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}; expected one of {STATES}")
+    old = read_json(Path(run_dir) / STATUS_FILE) or {}
+    keep = {k: old[k] for k in ("slurm_job_id", "started", "attempts") if k in old}
+    status = {**keep, "state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    atomic_write_json(Path(run_dir) / STATUS_FILE, status)
+    return status
+
+
+def missing_metrics(metrics: dict) -> list[str]:
+    """The keys of ``REQUIRED_METRICS`` that ``metrics`` lacks or holds as null."""
+    return [k for k in REQUIRED_METRICS if metrics.get(k) is None]
+
+
+def is_finished(run_dir: Path) -> bool:
+    """The one rule of "finished": the run left a metrics.json with every required key non-null."""
+    metrics = read_json(Path(run_dir) / METRICS_FILE)
+    return metrics is not None and not missing_metrics(metrics)
+
+
+def record_failure(run_dir: Path, error: str, keep: tuple[str, ...] = ("failed",), **extra: Any) -> dict:
+    """Mark a run ``failed`` with ``error`` when the process that ran it could not say why (killed,
+    lost node, died before its handler ran). Leaves status.json alone when the run is finished,
+    when it already holds a state in ``keep`` (the process recorded its own outcome), or when a
+    live process elsewhere holds the run's lock (the run is not ours to mark). Returns status.json."""
+    run_dir = Path(run_dir)
+    status = read_json(run_dir / STATUS_FILE) or {}
+    if status.get("state") in keep or is_finished(run_dir) or lock_holder(run_dir):
+        return status
+    return write_status(run_dir, "failed", error=error, **extra)
