@@ -37,7 +37,7 @@ CLASSES = ["circle", "square", "triangle"]  # the synthetic set's first three
 SVIT_CELL = dict(pruned_tokens="preserve", reactivation=True, rate="dynamic", selector="mlp")
 #: what convert records for the slim official configs (96 wide: no DeiT, so explicit dimensions)
 SLIM_RECORD = {
-    "type": "PrunedViTAdapter",
+    "family": "adapter",
     "arch": "deit-small",
     "embed_dim": 96,
     "depth": 6,

@@ -90,7 +90,11 @@ def test_run_id_names_the_evaluation_and_is_stable():
         ("dyn", dict(keep_ratios=[0.5, 0.4, 0.3]), "Fix: add --rate fixed"),
         ("fixed", dict(keep_ratios=[0.5, 0.4]), "give one per stage (3 stages"),
         ("fixed", dict(cell="preserve-noreact-dyn-mlp"), "records cell preserve-react-fixed-mlp, not"),
-        ("fixed", dict(arch="deit-tiny"), "a 96-wide ViT checkpoint (backbone.patch_embed.proj.weight: 96 channels), not deit-tiny (192). Fix: leave --arch out"),
+        (
+            "fixed",
+            dict(arch="deit-tiny"),
+            "a 96-wide ViT checkpoint (backbone.patch_embed.proj.weight: 96 channels), not deit-tiny (192). Fix: leave --arch out",
+        ),
         ("fixed", dict(data="/no/such/folder"), "not 'synthetic', a grid file or a COCO folder"),
     ],
 )
@@ -106,7 +110,8 @@ def test_other_classes_than_the_datas_are_refused(tmp_path, converted, grid):
     ckpt["meta"]["dataset_meta"]["classes"] = ["person", "bicycle", "car"]
     torch.save(ckpt, tmp_path / "coco-classes.pth")
     with pytest.raises(
-        EvalError, match=r"detects 3 classes \(person, bicycle, car, ...\), but .* has 3 \(circle"
+        EvalError,
+        match=r"detects 3 classes \(person, bicycle, car\), but .* has 3 \(circle, square, triangle\)",
     ):
         run_eval(tmp_path / "coco-classes.pth", str(grid), tmp_path, console=quiet())
 

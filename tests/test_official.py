@@ -29,7 +29,8 @@ from prunebench.bench import synthetic_data
 from prunebench.cli import app
 from prunebench.convert import build_detector, convert_checkpoint, detector_config, load_strictly
 from prunebench.models import PrunedViTAdapter
-from prunebench.models.official import ConversionError, convert_official, training_config
+from prunebench.models.official import ConversionError, convert_official
+from prunebench.models.official_settings import training_config
 
 DATA = Path(__file__).parent / "data"
 
@@ -112,7 +113,7 @@ def test_converted_selectors_count_as_trained(tmp_path, slim_models):
     src = official_file(tmp_path, slim_models[True], svit=True)
     convert_checkpoint(src, tmp_path / "c.pth")
     state = torch.load(tmp_path / "c.pth", weights_only=True)["state_dict"]
-    backbone_args = {k: v for k, v in SLIM_SVIT_RECORD.items() if k != "type"}
+    backbone_args = {k: v for k, v in SLIM_SVIT_RECORD.items() if k != "family"}
     backbone = PrunedViTAdapter(**backbone_args, selector_init="calibrated")
     backbone.load_state_dict(
         {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
@@ -131,7 +132,7 @@ def test_released_deit_small_models_convert_from_their_weights_alone(tmp_path, f
     """Without meta.config: arch from the width, the released cell from 9 selectors, the class slot of
     pos_embed cut, a cls_token ignored; the released model named by its file."""
     cell = dict(prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS, **SVIT_CELL) if svit else {}
-    record = {"type": "PrunedViTAdapter", "arch": "deit-small", **cell}
+    record = {"family": "adapter", "arch": "deit-small", **cell}
     torch.manual_seed(0)
     model = build_detector(detector_config(record, len(CLASSES)))
     state = official_state(model.state_dict(), svit)

@@ -211,11 +211,13 @@ def evaluate(
     into a run folder that `prunebench report` lists beside sweep runs."""
     from rich.console import Console
 
+    from .axes import PRECISIONS
     from .evaluate import EvalError, run_eval
     from .models.official import ConversionError
+    from .results import RunLocked
 
-    if dtype not in ("fp32", "fp16", "bf16"):
-        raise typer.BadParameter(f"{dtype!r}: use fp32, fp16 or bf16", param_hint="--dtype")
+    if dtype not in PRECISIONS:
+        raise typer.BadParameter(f"{dtype!r}: use one of {', '.join(PRECISIONS)}", param_hint="--dtype")
     try:
         ratios = [float(r) for r in keep_ratios.split(",")] if keep_ratios else None
     except ValueError:
@@ -229,16 +231,16 @@ def evaluate(
             data,
             results,
             name,
-            cell,
-            arch,
-            ratios,
-            rate,
-            selector_inference,
-            seed,
-            bench,
-            Console(highlight=False),
+            cell=cell,
+            arch=arch,
+            keep_ratios=ratios,
+            rate=rate,
+            selector_inference=selector_inference,
+            seed=seed,
+            bench=bench,
+            console=Console(highlight=False),
         )
-    except (EvalError, ConversionError) as e:
+    except (EvalError, ConversionError, RunLocked) as e:
         Console(stderr=True, highlight=False).print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .axes import feature_channels
 from .configs import TEMPLATE_DIR, TEMPLATES
 from .zoo import BY_NAME
 
@@ -24,14 +23,15 @@ FIX = (
 
 
 def detector_config(backbone: dict, num_classes: int):
-    """prunebench's Mask R-CNN config (``configs/mask_rcnn_vit.py``) with the backbone of a
-    checkpoint record (``type`` plus its arguments) and ``num_classes`` classes."""
+    """prunebench's Mask R-CNN config (``configs/mask_rcnn_vit.py``) with a checkpoint record's
+    backbone (a run's backbone arguments: ``family`` and the backbone's keyword arguments) and
+    ``num_classes`` classes, built as a sweep builds its runs' configs."""
     from mmengine.config import Config
 
+    from .mmdet_config import _set_backbone
+
     cfg = Config.fromfile(str(TEMPLATE_DIR / TEMPLATES["mask-rcnn-vit"]))
-    args = {k: v for k, v in backbone.items() if k != "type"}
-    cfg.model.backbone = dict(type=backbone["type"], **args)
-    cfg.model.neck.in_channels = [feature_channels("adapter", args)] * 4
+    _set_backbone(cfg, backbone)
     cfg.model.roi_head.bbox_head.num_classes = num_classes
     cfg.model.roi_head.mask_head.num_classes = num_classes
     return cfg
@@ -57,7 +57,8 @@ def load_strictly(model, state: dict, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _first(names: list[str], n: int) -> str:
+def first_names(names: list[str], n: int = 3) -> str:
+    """The first ``n`` names, ``, ...`` when there are more."""
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
@@ -93,13 +94,13 @@ def convert_checkpoint(src: Path, dst: Path, arch: str | None = None, console=No
             if released
             else "not one of the released files",
         ),
-        ("backbone", f"PrunedViTAdapter {bb['arch']}, cell {record['cell']}"),
+        ("backbone", f"{bb['family']} (PrunedViTAdapter) {bb['arch']}, cell {record['cell']}"),
         ("prune layers", str(bb.get("prune_layers", []))),
         ("keep ratios", str(bb.get("keep_ratios", []))),
         ("settings from", record["settings_from"]),
         ("tensors", f"{len(state)} loaded strictly ({selectors} selectors marked trained)"),
         ("ignored", ", ".join(converted.ignored + [f"{k} (dropped)" for k in converted.dropped]) or "none"),
-        ("classes", f"{record['num_classes']}" + (f" ({_first(classes, 4)})" if classes else "")),
+        ("classes", f"{record['num_classes']}" + (f" ({first_names(classes, 4)})" if classes else "")),
     ]
     console.print(f"converted {escape(str(src))} -> {escape(str(dst))}")
     for label, text in lines:

@@ -16,6 +16,8 @@ OFFICIAL_README = "https://github.com/uzh-rpg/svit#results"
 #: where the converted files go in the commands ``prunebench zoo`` prints.
 CONVERTED_DIR = "checkpoints"
 COCO_ROOT = "data/coco"  # the official repository's layout
+#: ``source`` (metrics.json) and axis value of the runs ``prunebench eval`` writes.
+EVAL_SOURCE = "eval"
 
 
 @dataclass(frozen=True)
@@ -146,28 +148,34 @@ def _mean(runs: list, metric: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _evaluated(runs) -> dict[str, list]:
-    """Finished ``prunebench eval`` runs of each released model as released (its own keep ratios
-    and rate), by model name."""
-    out: dict[str, list] = {}
+def is_eval(axes: dict) -> bool:
+    """A run of ``prunebench eval`` (its axes say so), not a run a sweep trained."""
+    return axes.get("source") == EVAL_SOURCE
+
+
+def _evaluated(runs) -> dict[tuple[str, str | None], list]:
+    """Finished ``prunebench eval`` runs of the released models as released (their own keep
+    ratios and rate), by model name and selector inference."""
+    out: dict[tuple[str, str | None], list] = {}
     for run in runs:
         ev = (run.metrics or {}).get("eval") or {}
-        if (run.metrics or {}).get("source") == "eval" and ev.get("zoo") in BY_NAME and ev.get("as_released"):
-            out.setdefault(ev["zoo"], []).append(run)
+        if is_eval(run.axes) and ev.get("zoo") in BY_NAME and ev.get("as_released"):
+            out.setdefault((ev["zoo"], ev.get("selector_inference")), []).append(run)
     return out
 
 
 def released_rows(runs) -> list[dict[str, Any]]:
     """Headline rows (``label``, ``d_box_ap``, ``d_mask_ap``, ``speedup_full``,
-    ``speedup_backbone``) of each released pruned model evaluated here: its change against its
-    released dense model evaluated here (means over the evaluations, e.g. Gumbel seeds) and the
-    ratio of their median latencies; None where the dense model was not evaluated."""
+    ``speedup_backbone``) of each released pruned model evaluated here, per selector inference:
+    its change against its released dense model evaluated here (means over the evaluations, e.g.
+    Gumbel seeds) and the ratio of their median latencies; None where the dense one was not."""
     evaluated = _evaluated(runs)
     rows = []
-    for r in RELEASED:
-        if r.dense is None or r.name not in evaluated:
+    for (name, inference), mine in sorted(evaluated.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        r = BY_NAME[name]
+        if r.dense is None:
             continue
-        mine, dense = evaluated[r.name], evaluated.get(r.dense, [])
+        dense = evaluated.get((r.dense, None), [])
         row: dict[str, Any] = {}
         for key in ("box_ap", "mask_ap"):
             a, b = _mean(mine, key), _mean(dense, key)
@@ -177,9 +185,10 @@ def released_rows(runs) -> list[dict[str, Any]]:
             row[f"speedup_{part}"] = b / a if a and b else None
         box, mask = _mean(mine, "box_ap"), _mean(mine, "mask_ap")
         here = f"box {box:.1f} / mask {mask:.1f}" if box is not None and mask is not None else "no AP"
+        runs_text = f"{len(mine)} run{'s' * (len(mine) != 1)}"
         label = (
-            f"released {r.name} evaluated here ({len(mine)} run{'s' * (len(mine) != 1)}: {here}; "
-            f"paper {r.box_ap:.1f} / {r.mask_ap:.1f})"
+            f"released {name} evaluated here ({inference}, {runs_text}: {here}; paper {r.box_ap:.1f} / "
+            f"{r.mask_ap:.1f}{'' if dense else f'; {r.dense} not evaluated'})"
         )
         rows.append({"label": label, **row, **{f"{k}_std": None for k in row}})
     return rows
