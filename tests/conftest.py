@@ -105,7 +105,8 @@ def read_trace(run_dir: Path) -> list[dict]:
 def fake_job(run_dir, launcher="none"):
     """Stand-in for prunebench.job:run_job. ``fake.json`` holds ``steps``, ``sleep`` (s per step)
     and ``fail_at`` (raise before that step); a checkpoint follows each step and a new call
-    resumes from the last one. Writes metrics.json and status as run_job does."""
+    resumes from the last one. Writes metrics.json and status (progress per step: iteration,
+    loss 1 / iteration, ETA) as run_job does."""
     run_dir = Path(run_dir)
     if is_finished(run_dir):  # as run_job: a finished run is not run again
         return read_json(run_dir / METRICS_FILE)
@@ -115,12 +116,16 @@ def fake_job(run_dir, launcher="none"):
     ckpt = run_dir / "fake_ckpt.json"
     start = (read_json(ckpt) or {}).get("step", 0)
     write_status(run_dir, "running", pid=os.getpid(), resumed_from=start)
+    steps, sleep = cfg.get("steps", 1), cfg.get("sleep", 0)
     try:
-        for step in range(start, cfg.get("steps", 1)):
+        for step in range(start, steps):
             if step == cfg.get("fail_at"):
                 raise RuntimeError(f"fake failure at step {step}")
-            time.sleep(cfg.get("sleep", 0))
+            time.sleep(sleep)
             atomic_write_json(ckpt, {"step": step + 1})
+            progress = dict(phase="train", iter=step + 1, max_iters=steps, loss=1 / (step + 1))
+            eta_s = sleep * (steps - step - 1)
+            write_status(run_dir, "running", pid=os.getpid(), resumed_from=start, eta_s=eta_s, **progress)
     except Exception as e:
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise

@@ -10,7 +10,12 @@ import torch.nn as nn
 
 from prunebench.models import PrunedViTAdapter
 from prunebench.models.adapter_modules import Geometry
-from prunebench.models.ms_deform_attn import DeformableAttention, deform_attn_backend, ms_deform_attn
+from prunebench.models.ms_deform_attn import (
+    DeformableAttention,
+    deform_attn_backend,
+    gather_form,
+    ms_deform_attn,
+)
 
 DATA = Path(__file__).parent / "data"
 SLIM = dict(
@@ -173,20 +178,34 @@ def test_deformable_attention_core_is_the_definition():
         torch.testing.assert_close(out[b, q, m * Dh : (m + 1) * Dh].double(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_cpu_form_equals_mmcvs_pytorch_form_with_gradients():
-    """prunebench's CPU form and MMCV 2.1's ``multi_scale_deformable_attn_pytorch``: same outputs and
-    the same gradients to value, sampling locations and attention weights."""
+def test_gather_form_equals_mmcvs_pytorch_form_with_gradients():
+    """prunebench's gather form and MMCV 2.1's ``multi_scale_deformable_attn_pytorch``: same outputs
+    and the same gradients to value, sampling locations and attention weights."""
     from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
     value, shapes, loc, weight = _case(seed=3, shapes=((6, 8), (3, 4), (2, 2)), Q=40, M=3, Dh=8, P=4)
     grads = []
-    for fn in (ms_deform_attn, multi_scale_deformable_attn_pytorch):
+    for fn in (gather_form, multi_scale_deformable_attn_pytorch):
         inputs = [t.clone().requires_grad_() for t in (value, loc, weight)]
         out = fn(inputs[0], shapes, *inputs[1:])
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads.append((out.detach(), *(t.grad for t in inputs)))
     for ours, mmcv in zip(*grads):
         torch.testing.assert_close(ours, mmcv, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_training_uses_mmcvs_form_and_inference_the_gather_form(monkeypatch):
+    import prunebench.models.ms_deform_attn as mda
+
+    used = []
+    monkeypatch.setattr(mda, "gather_form", lambda *a: used.append("gather") or gather_form(*a))
+    value, shapes, loc, weight = _case()
+    with torch.no_grad():
+        ms_deform_attn(value, shapes, loc, weight)
+    assert used == ["gather"]
+    ms_deform_attn(value.requires_grad_(), shapes, loc, weight).sum().backward()
+    assert used == ["gather"] and value.grad is not None
+    assert deform_attn_backend("cpu", grad=True) == "mmcv-pytorch" and deform_attn_backend("cpu") == "gather"
 
 
 def test_deformable_attention_module_is_vit_adapters():
@@ -236,3 +255,26 @@ def test_cuda_op_agrees_with_the_cpu_form():
     cpu = ms_deform_attn(value, shapes, loc, weight)
     gpu = ms_deform_attn(value.cuda(), shapes, loc.cuda(), weight.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+class _AttnOnQuery(nn.Module):
+    def __init__(self, attn, geo, feat):
+        super().__init__()
+        self.attn, self.geo, self.feat = attn, geo, feat
+
+    def forward(self, query):
+        return self.attn(query, self.geo.vit_points, self.feat, self.geo.cnn_shapes)
+
+
+def test_flop_count_includes_the_deformable_attention_core():
+    """MMEngine's FlopAnalyzer with prunebench's handles counts a DeformableAttention as its four
+    projections plus the core: a bilinear sample (4) and its weighting (1) per point and channel."""
+    from prunebench.bench.probe import _gflops
+
+    C, M, L, P = 32, 4, 3, 2
+    geo = Geometry.of(2, 4, torch.device("cpu"))
+    S, Q = sum(h * w for h, w in geo.cnn_shapes), 8
+    module = _AttnOnQuery(DeformableAttention(C, L, M, P), geo, torch.randn(1, S, C)).eval()
+    projections = S * C * C + Q * C * (M * L * P * 2) + Q * C * (M * L * P) + Q * C * C
+    core = 5 * Q * M * L * P * (C // M)
+    assert _gflops(module, torch.randn(1, Q, C)) * 1e9 == pytest.approx(projections + core, rel=1e-9)

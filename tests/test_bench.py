@@ -210,6 +210,31 @@ def test_run_bench_tiny(tmp_path):
     assert "dense / pruned" in text and "backbone ms, p90" in text and "full detector GFLOPs" in text
 
 
+def test_run_bench_adapter_counts_its_deformable_attention():
+    """``family="adapter"``: the dense and pruned SViT-Adapter side by side; pruning lowers the ViT
+    blocks' FLOPs, not the adapter's (the selectors add theirs), so the backbone's FLOP ratio is
+    below the blocks' ratio."""
+    res = run_bench(
+        "deit-tiny",
+        family="adapter",
+        input_size=HW,
+        warmup=0,
+        repeats=1,
+        config=CPU_CFG,
+        console=Console(file=io.StringIO(), width=160),
+        backbone_only=True,
+        conv_inplane=16,
+        interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
+        **PRUNE,
+    )
+    assert res["family"] == "adapter" and res["pruned"]["latency_ms"]["keep_ratio"]["mean"] < 1.0
+    d, p = res["dense"]["flops_g"], res["pruned"]["flops_g"]
+    adapter = d["backbone"] - d["vit_blocks"]  # spatial prior, injectors, extractors, output convs
+    selectors = 3 * N * (96 * 24 + 24 * 2) / 1e9  # three MLP selectors on all N tokens
+    assert adapter > 0 and p["backbone"] - p["vit_blocks"] == pytest.approx(adapter + selectors, rel=1e-6)
+    assert 1 < res["flop_ratio"]["backbone"] < res["flop_ratio"]["vit_blocks"]
+
+
 def test_cli_bench_backbone_only(tmp_path):
     out = tmp_path / "b.json"
     result = CliRunner().invoke(

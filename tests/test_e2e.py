@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 GRID = """\
 name: e2e
 base: mask-rcnn-vit-cpu
-backbone: {{embed_dim: 32, depth: 2, num_heads: 2, prune_layers: [1], keep_ratios: [0.5], out_channels: 16}}
+backbone: {{{backbone}, prune_layers: [1], keep_ratios: [0.5]}}
 data: {{type: synthetic, num_train: 8, num_val: 4, image_size: [64, 64], num_classes: 2, img_scale: [64, 64], batch_size: 2, cache_dir: {cache}}}
 schedule: {{dense: {{iters: {dense_iters}}}, finetune: {{iters: 2}}, warmup_iters: 1, checkpoint_interval: 2}}
 bench: {{warmup: 1, repeats: 2}}
@@ -31,14 +31,24 @@ axes:
 METRIC_KEYS = {"run_id", "axes", "box_ap", "mask_ap", "coco", "latency_ms", "keep_ratio", "flops_g", "env"}
 
 
-def make_grid(tmp_path: Path, dense_iters: int = 4) -> Path:
+BACKBONES = {
+    "plain": "embed_dim: 32, depth: 2, num_heads: 2, out_channels: 16",
+    "adapter": "family: adapter, embed_dim: 48, depth: 2, num_heads: 3, conv_inplane: 8, "
+    "interaction_indexes: [[0, 0], [1, 1]]",
+}
+
+
+def make_grid(tmp_path: Path, dense_iters: int = 4, family: str = "plain") -> Path:
     path = tmp_path / "e2e.yaml"
-    path.write_text(GRID.format(cache=tmp_path / "cache", dense_iters=dense_iters))
+    path.write_text(
+        GRID.format(cache=tmp_path / "cache", dense_iters=dense_iters, backbone=BACKBONES[family])
+    )
     return path
 
 
-def test_two_point_sweep_writes_complete_metrics(tmp_path):
-    states = run_sweep(make_grid(tmp_path), tmp_path / "results")
+@pytest.mark.parametrize("family", ["plain", "adapter"])
+def test_two_point_sweep_writes_complete_metrics(tmp_path, family):
+    states = run_sweep(make_grid(tmp_path, family=family), tmp_path / "results")
     assert sorted(states.values()) == ["done", "done"], states
     sweep_dir = tmp_path / "results" / "e2e"
     for run_id in states:
@@ -47,7 +57,8 @@ def test_two_point_sweep_writes_complete_metrics(tmp_path):
         assert 0 <= m["box_ap"] <= 100 and 0 <= m["mask_ap"] <= 100
         assert "bbox_mAP" in m["coco"] and "segm_mAP" in m["coco"]
         assert m["latency_ms"]["backbone"] > 0 and m["latency_ms"]["full"] > 0
-        assert m["env"]["mmdet"] == "3.3.0"
+        assert m["env"]["mmdet"] == "3.3.0" and m["family"] == family
+        assert m["selector_init"] == (None if run_id.startswith("dense") else "official")
         assert read_json(sweep_dir / run_id / "status.json")["state"] == "done"
     pruned = next(r for r in states if r.startswith("preserve"))
     m = read_json(sweep_dir / pruned / "metrics.json")
@@ -57,7 +68,7 @@ def test_two_point_sweep_writes_complete_metrics(tmp_path):
     assert "Load checkpoint from" in log  # the finetune started from the dense weights
     # a second sweep does nothing: finished runs are skipped, metrics untouched
     mtimes = {r: (sweep_dir / r / "metrics.json").stat().st_mtime for r in states}
-    assert run_sweep(make_grid(tmp_path), tmp_path / "results") == states
+    assert run_sweep(make_grid(tmp_path, family=family), tmp_path / "results") == states
     assert mtimes == {r: (sweep_dir / r / "metrics.json").stat().st_mtime for r in states}
 
 
@@ -140,14 +151,15 @@ def test_failed_run_skips_its_dependents_and_the_rest_go_on(tmp_path):
     assert skipped["reason"] == f"dependency {by_dim['dense', 33]} failed"
 
 
-def test_generated_configs_run_with_mmdetection_tools(tmp_path):
+@pytest.mark.parametrize("family", ["plain", "adapter"])
+def test_generated_configs_run_with_mmdetection_tools(tmp_path, family):
     """MMDetection's own tools/train.py and tools/test.py run a dense and a finetune config (the
     finetune's ``load_from`` included) with no environment variable: ``prunebench.models``, which
     every config imports, lets torch's weights-only loading read MMEngine checkpoints."""
     import mmdet
 
     tools = Path(mmdet.__file__).parent / ".mim" / "tools"
-    sweep = prepare(make_grid(tmp_path), tmp_path / "results")
+    sweep = prepare(make_grid(tmp_path, family=family), tmp_path / "results")
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
     for spec, ckpt in ((sweep.runs[0], "iter_4.pth"), (sweep.runs[1], "iter_2.pth")):
         run_dir = sweep.sweep_dir / spec.run_id
@@ -176,3 +188,41 @@ def test_generated_configs_run_with_mmdetection_tools(tmp_path):
         assert test.returncode == 0, test.stderr[-3000:]
         assert "bbox_mAP_copypaste" in test.stdout + test.stderr
         assert "segm_mAP_copypaste" in test.stdout + test.stderr
+
+
+# MMEngine's pytorch launcher selects a CUDA device even for gloo; on a CPU-only machine there is none.
+CPU_DIST_TRAIN = """\
+import runpy, torch
+if not torch.cuda.is_available():
+    torch.cuda.set_device = lambda device: None
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_a_config_written_for_2_gpus_trains_its_total_batch_with_dist_training(tmp_path):
+    """A config written for 2 GPUs (total batch 4: 2 per GPU) under MMDetection's tools/train.py
+    with ``torch.distributed.run --nproc_per_node 2`` (CPU, gloo): the log shows 2 processes and
+    2 iterations per epoch over the 8 training images, i.e. 4 images per step in all."""
+    import mmdet
+
+    grid = make_grid(tmp_path)
+    grid.write_text(
+        grid.read_text().replace("batch_size: 2", "batch_size: 4").replace("iters: 4", "epochs: 1")
+    )
+    sweep = prepare(grid, tmp_path / "results", gpus=2)
+    config = sweep.sweep_dir / sweep.runs[0].run_id / "config.py"
+    assert f"bash tools/dist_train.sh {config} 2\n" in config.read_text()
+    train = tmp_path / "cpu_dist_train.py"
+    train.write_text(CPU_DIST_TRAIN.format(train=str(Path(mmdet.__file__).parent / ".mim/tools/train.py")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(train), str(config), "--launcher", "pytorch", "--cfg-options"]
+        + ["env_cfg.dist_cfg.backend=gloo", "model_wrapper_cfg.device_ids=None"],  # DDP of a CPU model
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "Distributed training: True" in log and "GPU number: 2" in log
+    assert "Epoch(train) [1][2/2]" in log  # 4 of 8 images a step; the total per GPU: [1][1/1]

@@ -4,8 +4,10 @@ same tests. Jobs are conftest's fake_job (steps with checkpoints), so the suite 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -247,6 +249,37 @@ def test_a_run_taken_between_check_and_start_is_waited_for(tmp_path, hold_lock, 
     threading.Timer(2.0, lambda: (finish(dense), holder.release())).start()  # after the job gave up
     assert TestLocal().make_executor().run(tmp_path / "s", runs) == {r.run_id: "done" for r in runs}
     assert not starts(dense) and "running elsewhere" in (dense / "train.log").read_text()
+
+
+def run_with_output(tmp_path: Path, console: Console, **executor) -> str:
+    """A dense run of 8 progress steps (2 s) and a finetune, run locally; returns what it printed."""
+    runs = make_fake_runs(tmp_path / "s", finetunes=1)
+    set_fake(tmp_path / "s" / runs[0].run_id, steps=8, sleep=0.25)
+    LocalExecutor(job_fn=FAKE_JOB, poll_s=0.05, console=console, **executor).run(tmp_path / "s", runs)
+    return console.file.getvalue()
+
+
+PROGRESS_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] dense-s0-aaaaaa  dense  (.*)$", re.M)
+
+
+@pytest.mark.usefixtures("job_processes_see_tests")
+@pytest.mark.parametrize("progress_s, lines", [(0.3, range(4, 99)), (60.0, range(1, 3))])
+def test_progress_lines_when_the_output_is_not_a_terminal(tmp_path, progress_s, lines):
+    """One plain line per running job on start, on a phase change and every ``progress_s``."""
+    out = run_with_output(tmp_path, Console(file=io.StringIO(), force_terminal=False), progress_s=progress_s)
+    dense = PROGRESS_LINE.findall(out)
+    assert len(dense) in lines, out
+    assert re.fullmatch(r"train  iter [1-8]/8 \(\d+%\)  ETA \d+s  loss [01]\.\d{4}", dense[-1]), dense
+    assert "\x1b[" not in out  # no live display: no cursor movement, no colour
+
+
+@pytest.mark.usefixtures("job_processes_see_tests")
+def test_a_terminal_gets_the_live_table_and_no_progress_lines(tmp_path):
+    out = run_with_output(
+        tmp_path, Console(file=io.StringIO(), force_terminal=True, width=120), progress_s=0.1
+    )
+    assert not PROGRESS_LINE.search(out)
+    assert "\x1b[" in out and "phase" in out and "ETA" in out  # the live table, redrawn in place
 
 
 SWEEP = """

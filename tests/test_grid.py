@@ -132,18 +132,23 @@ def test_missing_grid_file(tmp_path):
 def test_shipped_grids_expand(tmp_path):
     runs, _ = expand(load_grid(ROOT / "ablations" / "smoke.yaml"))
     assert len(runs) == 13
-    coco = (ROOT / "ablations" / "grid.yaml").read_text()
-    with pytest.raises(GridError, match="backbone.pretrained"):  # no DeiT checkpoints here
-        load_grid(write(tmp_path, coco))
+    for name in ("grid.yaml", "grid-plain.yaml"):
+        coco = (ROOT / "ablations" / name).read_text()
+        with pytest.raises(GridError, match="backbone.pretrained"):  # no DeiT checkpoints here
+            load_grid(write(tmp_path, coco))
 
 
-def test_paper_grid_schedule_per_arch(tmp_path):
-    """The COCO grid: per-arch drop-path, checkpoint and finetune length; finetunes use their own
-    lr and weight decay, not the dense ones."""
+@pytest.mark.parametrize("grid, family", [("grid.yaml", "adapter"), ("grid-plain.yaml", "plain")])
+def test_paper_grid_schedule_per_arch(tmp_path, grid, family):
+    """The COCO grids (the paper's adapter, the plain DeiT): per-arch drop-path, checkpoint and
+    finetune length; finetunes use their own lr and weight decay, not the dense ones; selectors
+    start as the official code's."""
     (tmp_path / "checkpoints").mkdir()
     for name in ("deit_small_patch16_224-cd65a155.pth", "deit_tiny_patch16_224-a1311bcf.pth"):
         (tmp_path / "checkpoints" / name).write_bytes(b"x")
-    runs, excluded = expand(load_grid(write(tmp_path, (ROOT / "ablations" / "grid.yaml").read_text())))
+    runs, excluded = expand(load_grid(write(tmp_path, (ROOT / "ablations" / grid).read_text())))
+    assert {r.backbone_args["family"] for r in runs} == {family}
+    assert {r.backbone_args["selector_init"] for r in runs if r.stage == "finetune"} == {"official"}
     dense = {r.backbone: r for r in runs if r.stage == "dense"}
     assert len(dense) == 2 and len(runs) == 2 + 2 * 12 and len(excluded) == 2 * 4
     paper_dense = {"epochs": 36, "lr": 0.0001, "weight_decay": 0.05, "milestones": [27, 33], "amp": True}

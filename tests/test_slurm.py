@@ -5,6 +5,7 @@ behaviour it shares with every executor is in test_executors.py."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -90,16 +91,6 @@ def test_parse_mem(value, mem):
 def test_parse_mem_rejects_bad_values(value):
     with pytest.raises(ValueError, match="memory"):
         parse_mem(value)
-
-
-def test_per_gpu_batch_keeps_the_total_batch():
-    from prunebench.job import per_gpu_batch
-
-    assert per_gpu_batch(16, 4) == 4
-    assert per_gpu_batch(16, 1) == 16
-    assert per_gpu_batch(16, 0) == 16
-    with pytest.raises(ValueError, match="not divisible by 4 GPUs"):
-        per_gpu_batch(10, 4)
 
 
 def test_parse_sbatch_args():
@@ -506,6 +497,30 @@ def test_wait_returns_done_when_jobs_finish(tmp_path):
     fake = FakeQueue(states)
     assert fake.executor(wait=True, poll_s=0).run(tmp_path, runs) == {dense.name: "done", ft.name: "done"}
     assert fake.submitted == [(dense.name, []), (ft.name, ["100"])]
+
+
+def test_wait_prints_a_progress_line_per_running_job(tmp_path):
+    runs, dense, ft = two_runs(tmp_path)
+
+    def states(n):  # queries 2..4: the dense job trains (its status.json says how far); then all done
+        if n <= 4:
+            write_status(dense, "running", phase="train", iter=n - 1, max_iters=3, loss=0.5, eta_s=60.0)
+            return live(**{"100": "RUNNING", "101": ("PENDING", "Dependency")})
+        finish(dense)
+        finish(ft)
+        return live(**{"100": "COMPLETED", "101": "COMPLETED"})
+
+    fake, out = FakeQueue(states), io.StringIO()
+    console = Console(file=out, width=200)
+    executor = SlurmExecutor(
+        wait=True, poll_s=0, progress_s=0, console=console, query=fake.query, submitter=fake
+    )
+    assert executor.run(tmp_path, runs) == {dense.name: "done", ft.name: "done"}
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines() if "  train  " in line]
+    assert lines == [
+        f"{dense.name}  dense  train  iter {i}/3 ({100 * i / 3:.0f}%)  ETA 1m00s  loss 0.5000"
+        for i in (1, 2, 3)
+    ]
 
 
 # ============================================================================ the job callable

@@ -51,9 +51,20 @@ def test_preprocess_matches_test_pipeline(tmp_path, image):
     assert np.allclose(x[0, :, 0, 0].numpy(), expect, atol=1e-4)
 
 
-def test_config_random_weights(tmp_path, image, capsys):
+ADAPTER = (
+    "model = dict(type='PrunedViTAdapter', arch='deit-tiny', embed_dim=96, depth=4, num_heads=3, "
+    "conv_inplane=16, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]], "
+    "prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.5, 0.3])\n"
+)
+
+
+@pytest.mark.parametrize("family", ["plain", "adapter"])
+def test_config_random_weights(tmp_path, image, capsys, family):
     out = tmp_path / "maps.png"
-    result = make_keep_maps(write_config(tmp_path / "c.py"), image, out)
+    config = write_config(tmp_path / "c.py")
+    if family == "adapter":
+        config.write_text(ADAPTER + config.read_text().split("\n", 1)[1])
+    result = make_keep_maps(config, image, out)
     n = (96 // 16) * (128 // 16)
     assert result["checkpoint"] is None and result["layers"] == [1, 2, 3]
     assert result["keep"] == pytest.approx([round(r * n) / n for r in (0.7, 0.5, 0.3)])  # fixed rate

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from prunebench.axes import REFERENCE_LAYERS, REFERENCE_RATIOS, TIMM_NAMES
 from prunebench.cli import app
 from prunebench.grid import GridError, load_grid
-from prunebench.models import PrunedViT
+from prunebench.models import PrunedViT, PrunedViTAdapter
 from prunebench.models.deit_weights import WeightsError, load_pretrained
 
 
@@ -53,6 +53,31 @@ def test_every_format_loads_every_vit_tensor(deit, arch, fmt):
         assert torch.equal(got[k], expected), k
     for k, v in fresh_pyramid.items():
         assert torch.equal(got[k], v), k
+
+
+def test_adapter_loads_every_vit_tensor_and_keeps_its_adapter_fresh(deit):
+    """PrunedViTAdapter from an ImageNet DeiT file: patch embedding, pos_embed and blocks come from
+    it; the spatial prior, interactions, level embedding, output norms and selectors start fresh
+    (DeiT's final norm, which the adapter has no use for, is ignored)."""
+    root, files = deit
+    model = PrunedViTAdapter(
+        arch="deit-tiny",
+        prune_layers=REFERENCE_LAYERS,
+        keep_ratios=REFERENCE_RATIOS,
+        pretrained=str(root / "deit-tiny-official.pth"),
+    )
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(PrunedViTAdapter.FRESH)}
+    model.init_weights()
+    got = model.state_dict()
+    vit_keys = [k for k in got if not k.startswith(PrunedViTAdapter.FRESH)]
+    assert len(vit_keys) == 2 + 1 + 12 * 12
+    for k in vit_keys:
+        expected = files["deit-tiny"][k][:, 1:] if k == "pos_embed" else files["deit-tiny"][k]
+        assert torch.equal(got[k], expected), k
+    for k, v in fresh.items():
+        assert torch.equal(got[k], v), k
+    report = load_pretrained(model, root / "deit-tiny-official.pth")
+    assert "norm.weight" in report.ignored and any(k.startswith("spm.") for k in report.fresh)
 
 
 def test_report_lists_loaded_fresh_and_ignored(deit):
@@ -107,6 +132,11 @@ def test_weights_command(deit, tmp_path):
     assert "backbone.pretrained:" in ok.output
     bad = runner.invoke(app, ["weights", str(root / "deit-tiny.safetensors"), "--arch", "deit-small"])
     assert bad.exit_code == 1 and "would not load" in bad.output
+    adapter = runner.invoke(
+        app, ["weights", str(root / "deit-tiny.safetensors"), "--arch", "deit-tiny", "--backbone", "adapter"]
+    )
+    assert adapter.exit_code == 0, adapter.output
+    assert "PrunedViTAdapter deit-tiny" in adapter.output and "interactions" in adapter.output
 
 
 def test_detector_init_loads_pretrained_backbone(deit):

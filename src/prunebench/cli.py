@@ -87,6 +87,7 @@ def weights(
         ..., help="ImageNet DeiT checkpoint: official DeiT .pth, timm .pth/.bin or .safetensors."
     ),
     arch: str = typer.Option("deit-small", "--arch", help="deit-tiny | deit-small | deit-base."),
+    backbone: str = typer.Option("plain", "--backbone", help="Backbone family: plain | adapter."),
 ) -> None:
     """Check a pretrained checkpoint before a long job: load it the way a run would and list what it
     covers (loaded / fresh / ignored tensors). Exit 1 when it would not load."""
@@ -94,7 +95,7 @@ def weights(
 
     from .models.weights_report import check_weights
 
-    raise typer.Exit(check_weights(path, arch, Console()))
+    raise typer.Exit(check_weights(path, arch, Console(), backbone))
 
 
 @app.command()
@@ -387,7 +388,12 @@ def data_synth(
 
 @app.command()
 def bench(
-    arch: str = typer.Option("deit-small", help="Backbone: deit-tiny | deit-small | deit-base."),
+    arch: str = typer.Option("deit-small", help="DeiT size: deit-tiny | deit-small | deit-base."),
+    backbone: str = typer.Option(
+        "plain",
+        "--backbone",
+        help="Backbone family: plain (DeiT + simple pyramid) | adapter (the paper's SViT-Adapter).",
+    ),
     input_size: str = typer.Option(
         "800x1344", "--input-size", help="Size HxW of the random input (without --images)."
     ),
@@ -423,9 +429,12 @@ def bench(
         raise typer.BadParameter(
             f"expected HxW, e.g. 800x1344, got {input_size!r}", param_hint="--input-size"
         ) from None
+    from .axes import FAMILIES
     from .bench import DTYPES, run_bench
     from .models.blocks import SPARSE_MODES
 
+    if backbone not in FAMILIES:
+        raise typer.BadParameter(f"{backbone!r}: use one of {', '.join(FAMILIES)}", param_hint="--backbone")
     if dtype not in DTYPES:
         raise typer.BadParameter(f"{dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
     if sparse_mode not in SPARSE_MODES:
@@ -435,6 +444,7 @@ def bench(
     try:
         run_bench(
             arch=arch,
+            family=backbone,
             input_size=(h, w),
             batch=batch,
             warmup=warmup,

@@ -28,10 +28,10 @@ def detector_config(backbone: dict, num_classes: int):
     ``num_classes`` classes, built as a sweep builds its runs' configs."""
     from mmengine.config import Config
 
-    from .mmdet_config import _set_backbone
+    from .mmdet_config import set_backbone
 
     cfg = Config.fromfile(str(TEMPLATE_DIR / TEMPLATES["mask-rcnn-vit"]))
-    _set_backbone(cfg, backbone)
+    set_backbone(cfg, backbone)
     cfg.model.roi_head.bbox_head.num_classes = num_classes
     cfg.model.roi_head.mask_head.num_classes = num_classes
     return cfg

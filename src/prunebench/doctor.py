@@ -69,10 +69,19 @@ def _check_models() -> str:
 
     import prunebench.models  # noqa: F401
 
-    missing = [m for m in ("PrunedViT", "PrunedMaskRCNN") if MODELS.get(m) is None]
+    from .axes import FAMILIES
+    from .models.ms_deform_attn import deform_attn_backend
+
+    names = [*FAMILIES.values(), "PrunedMaskRCNN"]
+    missing = [m for m in names if MODELS.get(m) is None]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not registered")
-    return "PrunedViT, PrunedMaskRCNN registered in mmdet MODELS"
+    forms = (
+        "MMCV's CUDA op on GPUs"
+        if deform_attn_backend("cuda") == "mmcv-cuda"
+        else "CPU forms only (MMCV built without CUDA ops)"
+    )
+    return f"{', '.join(names)} registered in mmdet MODELS; deformable attention: {forms}"
 
 
 def checks() -> list[tuple[str, Callable[[], str], str, bool]]:

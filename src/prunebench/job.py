@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
+from .mmdet_config import GPUS_KEY
 from .results import (
     CONFIG_FILE,
     EXIT_LOCKED,
@@ -39,21 +40,21 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
 
 
-def per_gpu_batch(total: int, gpus: int) -> int:
-    """Samples per GPU that keep the config's total batch: ``total / gpus`` (CPU: ``total``).
-    Raises ValueError when ``total`` is not divisible by ``gpus``."""
-    if gpus <= 1:
-        return total
-    if total % gpus:
-        raise ValueError(
-            f"total batch size {total} is not divisible by {gpus} GPUs per job; set "
-            f"data.batch_size to a multiple of {gpus} (or change gpus_per_job)"
+def _check_world_size(cfg, config_file: Path, world: int) -> None:
+    """``train_dataloader.batch_size`` is per GPU, so the job trains the configured total batch only
+    on as many processes (``world``) as the file was written for. Raises RuntimeError otherwise."""
+    written, per_gpu = cfg.get(GPUS_KEY, 1), cfg.train_dataloader.batch_size
+    if written != world:
+        raise RuntimeError(
+            f"{config_file} is written for {written} GPU(s) ({GPUS_KEY}; {per_gpu} images per GPU), but "
+            f"this job runs {world} training process(es): it would train with a total batch of "
+            f"{per_gpu * world}, not {per_gpu * written}. Fix: run `prunebench sweep` with the GPUs per run "
+            "you mean (--gpus-per-job; Slurm: gpus_per_job); it writes the file for them"
         )
-    return total // gpus
 
 
 class _StatusHook(Hook):
-    """Mirrors training progress (iteration, ETA) into status.json every few seconds."""
+    """Mirrors training progress (iteration, latest loss, ETA) into status.json every few seconds."""
 
     priority = "VERY_LOW"
 
@@ -69,6 +70,7 @@ class _StatusHook(Hook):
             return
         self._last = now
         rate = (now - self._t0) / max(1, done - self._start_iter)
+        loss = runner.message_hub.log_scalars.get("train/loss")  # this iteration's, as MMEngine logs it
         write_status(
             self.run_dir,
             "running",
@@ -76,6 +78,7 @@ class _StatusHook(Hook):
             iter=done,
             max_iters=total,
             eta_s=round(rate * (total - done), 1),
+            **({"loss": round(float(loss.current()), 4)} if loss else {}),
         )
 
 
@@ -189,19 +192,15 @@ def _run_locked(run_dir: Path, launcher: str) -> dict:
     return metrics
 
 
-def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
+def load_run_config(run_dir: Path, spec: RunSpec, launcher: str):
+    """The run's ``config.py`` as the job trains it: unchanged (batch per GPU, as written) but for
+    its work_dir, launcher and resuming; checked against the job's world size."""
     from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    import prunebench.models  # noqa: F401  (registers the models, allows MMEngine checkpoints)
-
-    from .bench import measure_run
 
     cfg = Config.fromfile(str(run_dir / CONFIG_FILE))
     cfg.work_dir = str(run_dir / WORK_DIR)
     cfg.launcher = launcher
-    world = _world_size() if launcher != "none" else 1
-    cfg.train_dataloader.batch_size = per_gpu_batch(cfg.train_dataloader.batch_size, world)
+    _check_world_size(cfg, run_dir / CONFIG_FILE, _world_size() if launcher != "none" else 1)
     if (Path(cfg.work_dir) / "last_checkpoint").exists():
         cfg.resume, cfg.load_from = True, None  # resume this run, not its dense parent
     elif cfg.get("load_from") and not Path(cfg.load_from).exists():
@@ -209,6 +208,17 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
             f"dense checkpoint {cfg.load_from} not found: run the dense run "
             f"{spec.depends_on} first (prunebench sweep runs it automatically)"
         )
+    return cfg
+
+
+def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
+    from mmengine.runner import Runner
+
+    import prunebench.models  # noqa: F401  (registers the models, allows MMEngine checkpoints)
+
+    from .bench import measure_run
+
+    cfg = load_run_config(run_dir, spec, launcher)
     runner = Runner.from_cfg(cfg)
     if is_writer():
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")
@@ -237,6 +247,8 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         "sweep": spec.sweep,
         "stage": spec.stage,
         "backbone": spec.backbone,
+        "family": spec.backbone_args.get("family", "plain"),
+        "selector_init": spec.backbone_args.get("selector_init"),  # None on a dense run
         "seed": spec.seed,
         "axes": spec.axes,
         **_coco_metrics(raw),

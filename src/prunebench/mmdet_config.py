@@ -2,7 +2,9 @@
 
 The base (a built-in template or any MMDetection config) is loaded once per sweep; each run's
 settings are applied as dotted keys and the result is written as ordinary Python assignments,
-so MMDetection's own ``tools/train.py`` and ``tools/test.py`` can run it.
+so MMDetection's own ``tools/train.py`` and ``tools/test.py`` can run it. As in MMDetection, the
+written ``train_dataloader.batch_size`` is per GPU, for the GPU count the file is written for
+(``GPUS_KEY``); the grid's ``data.batch_size`` is the run's total batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from .axes import FAMILIES, FAMILY_ARGS, feature_channels
 from .configs import base_path
 from .grid import Grid
 from .spec import RunSpec
+
+GPUS_KEY = "train_gpus"  # top-level config key: the GPUs (training processes) the file is written for
+AMP_INIT_SCALE = 512  # the official fp16 setting: dynamic loss scaling from 512
 
 
 def load_base(grid: Grid) -> dict:
@@ -116,12 +121,29 @@ def checkpoint_name(stage: dict) -> str:
     return f"iter_{stage['iters']}.pth" if "iters" in stage else f"epoch_{stage['epochs']}.pth"
 
 
+def per_gpu_batch(total: int, gpus: int) -> int:
+    """Samples per GPU (training process) that make up the total batch ``total`` on ``gpus``
+    processes. Raises ValueError when ``total`` is not divisible by ``gpus``."""
+    if total % gpus:
+        raise ValueError(f"a total batch of {total} images per run is not divisible by {gpus} GPUs")
+    return total // gpus
+
+
 def build_config(
-    grid: Grid, spec: RunSpec, base: dict, run_dir: Path, data_root: Path, classes: list[str]
+    grid: Grid,
+    spec: RunSpec,
+    base: dict,
+    run_dir: Path,
+    data_root: Path,
+    classes: list[str],
+    gpus: int = 1,
 ) -> dict:
-    """The full config dict of one run."""
+    """The full config dict of one run, written for ``gpus`` GPUs (1: one GPU or a CPU process):
+    the total batch (``data.batch_size`` or an override, else the base's
+    ``train_dataloader.batch_size``) becomes ``train_dataloader.batch_size`` per GPU. Raises
+    GridError naming ``data.batch_size`` when it does not divide."""
     cfg = copy.deepcopy(base)
-    _set_backbone(cfg, spec.backbone_args)
+    set_backbone(cfg, spec.backbone_args)
     if "keep_ratio_loss_weight" in spec.schedule:
         set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
     _set_data(cfg, grid.data, data_root, classes)
@@ -134,10 +156,23 @@ def build_config(
     cfg["work_dir"] = str(run_dir / "work_dir")
     for key, value in spec.overrides.items():
         set_dotted(cfg, key, value)
+    total = cfg["train_dataloader"]["batch_size"]
+    try:
+        cfg["train_dataloader"]["batch_size"] = per_gpu_batch(total, gpus)
+    except ValueError as e:
+        raise grid.error(
+            "data.batch_size",
+            str(e),
+            f"set data.batch_size (the total batch per run) to a multiple of {gpus}, "
+            "or run on another number of GPUs (--gpus-per-job / slurm.gpus_per_job)",
+        ) from None
+    # the configured lr is for this total batch: MMEngine's scaling would only change it on another GPU count
+    cfg["auto_scale_lr"] = dict(enable=False, base_batch_size=total)
+    cfg[GPUS_KEY] = gpus
     return cfg
 
 
-def _set_backbone(cfg: dict, args: dict) -> None:
+def set_backbone(cfg: dict, args: dict) -> None:
     """The run's backbone: its family's registered class (``family``: ``plain`` | ``adapter``),
     the base's settings that family takes, then the run's arguments; the FPN reads its maps. The
     adapter's BatchNorms become SyncBatchNorm in distributed runs (MMEngine's ``sync_bn``)."""
@@ -206,7 +241,7 @@ def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
     if "clip_grad" in sched:
         optim["clip_grad"] = dict(max_norm=sched["clip_grad"], norm_type=2) if sched["clip_grad"] else None
     if sched.get("amp"):
-        optim.update(type="AmpOptimWrapper", loss_scale="dynamic")
+        optim.update(type="AmpOptimWrapper", loss_scale=dict(init_scale=AMP_INIT_SCALE))
     warmup = sched.get("warmup_iters", 500 if by_epoch else max(1, length // 10))
     milestones = sched.get("milestones") or default_milestones(stage, length)
     cfg["param_scheduler"] = [
@@ -220,6 +255,28 @@ def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
     if "log_interval" in sched:
         cfg["default_hooks"]["logger"]["interval"] = sched["log_interval"]
     cfg["log_processor"]["by_epoch"] = by_epoch
+
+
+def config_header(grid: Grid, spec: RunSpec, path: Path, cfg: dict) -> str:
+    """The comment at the top of a run's ``config.py``: what it is, the GPU count it is written
+    for and the MMDetection commands (run from MMDetection's folder) that reproduce the run."""
+    gpus, per_gpu = cfg[GPUS_KEY], cfg["train_dataloader"]["batch_size"]
+    lines = [
+        f"MMDetection config of run {spec.run_id} (sweep {grid.name}, stage {spec.stage}), "
+        f"written by prunebench from {grid.path.name}.",
+        f"Written for {f'{gpus} GPUs' if gpus > 1 else '1 GPU or a CPU process'} ({GPUS_KEY} = {gpus}): "
+        f"train_dataloader.batch_size is per GPU ({per_gpu}),",
+        f"{per_gpu * gpus} images per step in total; the lr is for that total (auto_scale_lr off).",
+        "Reproduce the run from MMDetection's folder with",
+    ]
+    if gpus == 1:
+        lines.append(f"    python tools/train.py {path}")
+    lines += [
+        f"    bash tools/dist_train.sh {path} {gpus}",
+        "Another GPU count trains another total batch: write the file for it with",
+        "`prunebench sweep GRID --gpus-per-job N` (Slurm: gpus_per_job).",
+    ]
+    return "\n".join(lines)
 
 
 def dump_config(cfg: dict, path: Path, header: str) -> None:

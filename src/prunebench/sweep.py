@@ -88,10 +88,11 @@ def _check_dotted_keys(grid: Grid, base: dict) -> None:
             )
 
 
-def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") -> Sweep:
-    """Validate the grid and write every run folder; nothing runs. Raises GridError on bad input
-    (NotADirectoryError when ``results_root`` is not a folder)."""
-    from .mmdet_config import build_config, dump_config, load_base
+def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results", gpus: int = 1) -> Sweep:
+    """Validate the grid and write every run folder, each ``config.py`` for ``gpus`` GPUs per run
+    (1: one GPU or a CPU process); nothing runs. Raises GridError on bad input (NotADirectoryError
+    when ``results_root`` is not a folder)."""
+    from .mmdet_config import build_config, config_header, dump_config, load_base
 
     check_results_root(results_root)
     grid = grid_path if isinstance(grid_path, Grid) else load_grid(grid_path)
@@ -103,7 +104,9 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") 
     configs = {}
     for spec in runs:  # build all configs first: a bad dotted key fails before anything is written
         try:
-            configs[spec.run_id] = build_config(grid, spec, base, sweep_dir / spec.run_id, data_root, classes)
+            configs[spec.run_id] = build_config(
+                grid, spec, base, sweep_dir / spec.run_id, data_root, classes, gpus
+            )
         except KeyError as e:
             raise GridError(
                 f"{grid.path}: {e.args[0]}. Fix: correct the dotted key under `axes` or `overrides`"
@@ -115,12 +118,8 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results") 
         run_dir.mkdir(exist_ok=True)
         if read_json(run_dir / RUN_FILE) != spec.to_json():
             atomic_write_json(run_dir / RUN_FILE, spec.to_json())
-        header = (
-            f"MMDetection config of run {spec.run_id} (sweep {grid.name}, stage {spec.stage}), "
-            f"written by prunebench from {grid.path.name}.\n"
-            f"Train: python tools/train.py {run_dir / CONFIG_FILE}"
-        )
-        dump_config(configs[spec.run_id], run_dir / CONFIG_FILE, header)
+        cfg, path = configs[spec.run_id], run_dir / CONFIG_FILE
+        dump_config(cfg, path, config_header(grid, spec, path, cfg))
         if not (run_dir / STATUS_FILE).exists():
             write_status(run_dir, "pending")
     return Sweep(grid, runs, excluded, sweep_dir)
@@ -159,7 +158,7 @@ def run_sweep(
     check_results_root(results_root)
     grid = load_grid(grid_path)
     runner = make_executor(executor, grid, executor_options)  # bad options fail before anything is written
-    sweep = prepare(grid, results_root)
+    sweep = prepare(grid, results_root, gpus=runner.gpus_per_run)
     console.print(plan_table(sweep))
     reasons: dict[str, list[dict]] = {}
     for cell, reason in sweep.excluded:

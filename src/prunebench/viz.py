@@ -73,12 +73,12 @@ def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
 
 def load_model(source: Path):
     """(model, backbone, cfg, checkpoint or None) from a run folder or a config file. The model
-    may be a detector (``model.backbone``) or a bare PrunedViT."""
+    may be a detector (``model.backbone``) or a bare pruned backbone."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
-    import prunebench.models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
+    import prunebench.models  # noqa: F401  (registers the backbones and PrunedMaskRCNN)
 
     source = Path(source)
     config = source / CONFIG_FILE if source.is_dir() else source
@@ -93,7 +93,7 @@ def load_model(source: Path):
     backbone = getattr(model, "backbone", model)
     if not hasattr(backbone, "last_keep_masks"):
         raise VizError(
-            f"{config}: the model's backbone is {type(backbone).__name__}, not a PrunedViT "
+            f"{config}: the model's backbone is {type(backbone).__name__}, not a pruned backbone "
             "(it records no keep masks)"
         )
     ckpt = find_checkpoint(source) if source.is_dir() else None

@@ -1,5 +1,5 @@
-"""The detector to time and the batches to time it on: the Mask R-CNN of a config with a
-``PrunedViT`` backbone, and ``test_step`` batches of random images, of an MMEngine dataset (its
+"""The detector to time and the batches to time it on: the Mask R-CNN of a config with a pruned
+backbone of either family, and ``test_step`` batches of random images, of an MMEngine dataset (its
 own pipeline) or of image files (a folder or a COCO annotation file, through the config's test
 pipeline). MMEngine and MMDetection are imported only when called.
 """
@@ -28,15 +28,19 @@ def _load_config(config: Optional[str]):
     return cfg
 
 
-def build_detector(arch: str = "deit-small", config: Optional[str] = None, **backbone_kwargs) -> nn.Module:
-    """The Mask R-CNN of ``config`` (default: prunebench's ``configs/mask_rcnn_vit.py``) with its
-    backbone set to ``PrunedViT(arch, **backbone_kwargs)``."""
+def build_detector(
+    arch: str = "deit-small", config: Optional[str] = None, family: str = "plain", **backbone_kwargs
+) -> nn.Module:
+    """The Mask R-CNN of ``config`` (default: prunebench's ``configs/mask_rcnn_vit.py``) with the
+    backbone of ``family`` (``plain``: PrunedViT, ``adapter``: PrunedViTAdapter) built as
+    ``(arch, **backbone_kwargs)``, as a sweep's config would build it."""
     from mmdet.registry import MODELS
 
-    from .. import models  # noqa: F401  (registers PrunedViT / PrunedMaskRCNN)
+    from .. import models  # noqa: F401  (registers the backbones and PrunedMaskRCNN)
+    from ..mmdet_config import set_backbone
 
     cfg = _load_config(config)
-    cfg.model.backbone.update(arch=arch, **backbone_kwargs)
+    set_backbone(cfg, {"family": family, "arch": arch, **backbone_kwargs})
     return MODELS.build(cfg.model)
 
 

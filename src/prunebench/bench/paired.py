@@ -92,6 +92,7 @@ def measure_run(
 
 def run_bench(
     arch: str = "deit-small",
+    family: str = "plain",
     input_size: tuple[int, int] = (800, 1344),
     batch: int = 1,
     warmup: int = 2,
@@ -112,8 +113,9 @@ def run_bench(
 ) -> dict:
     """Dense vs pruned detector side by side in one process: a Rich table and a dict.
 
-    The pruned model (reference schedule unless ``prune_layers``/``keep_ratios`` are given;
-    random-init selectors) shares all other weights with the dense one. Inputs: a random
+    ``family``: ``plain`` or ``adapter`` backbone. The pruned model (reference schedule unless
+    ``prune_layers``/``keep_ratios`` are given; random-init selectors) shares all other weights
+    with the dense one. Inputs: a random
     ``input_size`` image, or with ``images`` (a folder or COCO annotation file) its first
     ``num_images`` images through the config's test pipeline, ``batch`` per call. ``config``
     and ``backbone_kwargs`` (e.g. ``sparse_mode``) go to :func:`build_detector` for both.
@@ -126,8 +128,8 @@ def run_bench(
         keep_ratios=list(REFERENCE_RATIOS if keep_ratios is None else keep_ratios),
     )
     torch.manual_seed(seed)
-    dense = build_detector(arch, config, **backbone_kwargs)
-    pruned = build_detector(arch, config, rate=rate, **schedule, **backbone_kwargs)
+    dense = build_detector(arch, config, family, **backbone_kwargs)
+    pruned = build_detector(arch, config, family, rate=rate, **schedule, **backbone_kwargs)
     pruned.load_state_dict(dense.state_dict())  # selectors start fresh (logged)
     if images:
         batches, source = file_batches(images, _load_config(config), num_images, batch)
@@ -147,6 +149,7 @@ def run_bench(
     d, p = res["dense"], res["pruned"]
     out = {
         "arch": arch,
+        "family": family,
         "rate": rate,
         "source": source,
         "batch": batch,
@@ -167,7 +170,7 @@ def run_bench(
     what = f"{source['count']} images" if images else f"{input_size[0]}x{input_size[1]}"
     n = d["latency_ms"]["backbone_stats"]["n"]
     table = Table(
-        title=f"{arch} {what} batch {batch} {dtype} on {d['latency_ms']['device']} "
+        title=f"{arch} {family} {what} batch {batch} {dtype} on {d['latency_ms']['device']} "
         f"({d['latency_ms']['threads']} threads): dense vs pruned ({rate} rate), "
         f"{n} timed calls each"
     )

@@ -5,9 +5,10 @@
 the neck under ``torch.autocast``; the RPN and RoI heads get the features back in fp32, because
 MMCV's NMS and RoIAlign have no bf16 kernels (nor fp16 ones on CPU). FLOPs come from MMEngine's
 complexity analysis on the first timed input (jit trace of the eval path, so pruned blocks count
-only their gathered tokens; one multiply-add counts as one FLOP, as in fvcore, plus a handle for
-``scaled_dot_product_attention``, which MMEngine does not count); ``vit_blocks`` is the analytic
-count of the ViT blocks, averaged over all timed images.
+only their gathered tokens; one multiply-add counts as one FLOP, as in fvcore, plus handles for
+what MMEngine does not count: ``scaled_dot_product_attention`` and the adapter's deformable
+attention, ``OP_HANDLES``); ``vit_blocks`` is the analytic count of the ViT blocks, averaged over
+all timed images.
 """
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ def _sdpa_flop(inputs, outputs) -> int:
     return 2 * batch * q[-2] * k[-2] * q[-1]  # q @ k^T and attn @ v
 
 
+def _gather_flop(inputs, outputs) -> int:
+    """``aten::embedding_bag``, which only prunebench's deformable attention (its CPU form) uses:
+    4 corner rows per sampling point."""
+    from mmengine.analysis.jit_handles import get_shape
+
+    from ..models.ms_deform_attn import deform_attn_flops
+
+    rows, head_dim = get_shape(inputs[1]), get_shape(inputs[0])[-1]
+    return deform_attn_flops(math.prod(rows) // 4, head_dim)
+
+
+def _mmcv_deform_attn_flop(inputs, outputs) -> int:
+    """MMCV's CUDA ``MultiScaleDeformableAttnFunction`` (value, shapes, starts, locations, weights)."""
+    from mmengine.analysis.jit_handles import get_shape
+
+    from ..models.ms_deform_attn import deform_attn_flops
+
+    return deform_attn_flops(math.prod(get_shape(inputs[4])), get_shape(inputs[0])[-1])
+
+
+#: FLOP handles of the ops MMEngine's FlopAnalyzer does not count (one multiply-add = one FLOP).
+OP_HANDLES = {
+    "aten::scaled_dot_product_attention": _sdpa_flop,
+    "aten::embedding_bag": _gather_flop,
+    "prim::PythonOp.MultiScaleDeformableAttnFunction": _mmcv_deform_attn_flop,
+}
+
+
 class _TensorForward(nn.Module):
     """Traceable whole-detector forward (``mode='tensor'``) with fixed data samples."""
 
@@ -78,7 +107,7 @@ def _gflops(module: nn.Module, img: torch.Tensor) -> Optional[float]:
     try:
         with torch.no_grad():
             analyzer = FlopAnalyzer(module, (img,))
-            analyzer.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_flop})
+            analyzer.set_op_handle(**OP_HANDLES)
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             analyzer.tracer_warnings("none")
             return analyzer.total() / 1e9

@@ -17,6 +17,9 @@ model = dict(
     neck=dict(in_channels=[256, 256, 256, 256]))
 
 # Multi-scale training with random crop (DETR-style AutoAugment of ViT-Adapter's 3x+MS recipe).
+# As in the official (mmdet 2) pipeline, a crop that holds no box is trained on as a negative
+# image (allow_negative_crop=True), and only RandomCrop drops boxes (those it cuts to nothing): no
+# FilterAnnotations, which would also drop slivers under its minimum size, and crops left with none.
 _scales = [(1333, s) for s in range(480, 801, 32)]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -32,10 +35,11 @@ train_pipeline = [
     ]),
     dict(type='RandomCrop', crop_type='absolute_range', crop_size=(1024, 1024),
          allow_negative_crop=True),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
     dict(type='PackDetInputs'),
 ]
-train_dataloader = dict(batch_size=16, dataset=dict(pipeline=train_pipeline))  # total per run
+# batch_size: the run's total batch (data.batch_size); the config.py prunebench writes for a run
+# holds it per GPU, as MMDetection's configs do.
+train_dataloader = dict(batch_size=16, dataset=dict(pipeline=train_pipeline))
 # Validation during training is off: each run is tested once at the end (tools/test.py).
 val_dataloader = None
 val_evaluator = None
@@ -44,6 +48,7 @@ val_cfg = None
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=36, val_interval=37)
 test_cfg = dict(type='TestLoop')
 # AdamW, no weight decay on norms, biases and pos_embed, no gradient clipping (official configs).
+# schedule.amp makes it an AmpOptimWrapper with dynamic loss scaling from 512 (the official fp16).
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),

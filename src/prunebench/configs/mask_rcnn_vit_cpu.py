@@ -27,6 +27,7 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
+# batch_size: the run's total batch, as in mask_rcnn_vit.py
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, batch_sampler=None,
                         dataset=dict(pipeline=train_pipeline))
 test_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False)

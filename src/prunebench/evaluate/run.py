@@ -223,6 +223,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
     timed = measure_run(model, runner.test_dataloader.dataset, spec.bench, run_dir, None)
     return {
         **{k: getattr(spec, k) for k in RUN_IDENTITY},
+        "family": spec.backbone_args["family"],
         "source": EVAL_SOURCE,
         **_coco_metrics(raw),
         "latency_ms": timed["latency_ms"],

@@ -26,6 +26,7 @@ class Executor(ABC):
     """
 
     name: str = "base"
+    gpus_per_run: int = 1  # training processes of one run (GPUs; 1 for a CPU run): configs are written for it
 
     @abstractmethod
     def run(self, sweep_dir: Path, runs: Sequence[RunSpec]) -> dict[str, str]:

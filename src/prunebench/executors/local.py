@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from ..results import (
 )
 from .base import DEFAULT_JOB_FN, Executor, load_job_fn
 from .entry import DIE_WITH_PARENT, die_with_parent
+from .progress import ProgressLines
 
 if TYPE_CHECKING:
     from ..spec import RunSpec
@@ -57,7 +59,8 @@ class LocalExecutor(Executor):
     runs at once. A failed run is recorded and the others go on; its dependents are skipped.
     A run locked by a live process elsewhere (another sweep) is waited for like a running one.
     Jobs die with this process (Linux), unless ``detach``: then they run on in their own session
-    and a later sweep waits for them.
+    and a later sweep waits for them. On a terminal a live table shows the running jobs; other
+    output gets a plain progress line per running job every ``progress_s`` seconds.
     """
 
     name = "local"
@@ -71,6 +74,7 @@ class LocalExecutor(Executor):
         job_fn: str = DEFAULT_JOB_FN,
         console: Console | None = None,
         poll_s: float = 1.0,
+        progress_s: float = 30.0,
     ):
         gpus = [str(g) for g in gpus or []]
         if gpus and (gpus_per_job < 1 or len(gpus) % gpus_per_job):
@@ -82,9 +86,11 @@ class LocalExecutor(Executor):
             if gpus
             else [[] for _ in range(max(1, max_parallel))]
         )
+        self.gpus_per_run = len(self.slots[0]) or 1
         self.detach, self.job_fn = detach, job_fn
         self.console = console or Console()
         self.poll_s = poll_s
+        self.progress = ProgressLines(self.console, progress_s)
 
     def _command(self, run_dir: Path, slot: list[str]) -> list[str]:
         job = ["-m", "prunebench.executors.entry", str(run_dir), "--fn", self.job_fn]
@@ -112,18 +118,18 @@ class LocalExecutor(Executor):
         free = list(range(len(self.slots)))
         running: dict[str, tuple[subprocess.Popen, int, float]] = {}
         elsewhere: dict[str, LockHolder] = {}  # runs another live process is running
+        view = self._view(sweep_dir, runs, states, running, elsewhere)
+        live = Live(view, console=self.console, refresh_per_second=2) if self.console.is_terminal else None
         try:
-            with Live(
-                self._view(sweep_dir, runs, states, running, elsewhere),
-                console=self.console,
-                refresh_per_second=2,
-                transient=not self.console.is_terminal,
-            ) as live:
+            with live or nullcontext():
                 while todo or running or elsewhere:
                     self._reap(sweep_dir, states, running, free, elsewhere)
                     todo += self._check_elsewhere(sweep_dir, states, elsewhere, runs)
                     todo = self._start_ready(sweep_dir, todo, states, running, free, elsewhere)
-                    live.update(self._view(sweep_dir, runs, states, running, elsewhere))
+                    if live:
+                        live.update(self._view(sweep_dir, runs, states, running, elsewhere))
+                    else:
+                        self.progress.report(sweep_dir, [*running, *elsewhere])
                     if running or elsewhere:
                         time.sleep(self.poll_s)
         except KeyboardInterrupt:

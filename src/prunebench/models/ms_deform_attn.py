@@ -1,13 +1,18 @@
 """Multi-scale deformable attention (Deformable DETR) as ViT-Adapter uses it.
 
 :func:`ms_deform_attn` samples ``value`` bilinearly at the given locations and sums the samples
-with the attention weights. On CUDA tensors it runs MMCV 2's compiled
-``MultiScaleDeformableAttnFunction`` (where MMCV was built with CUDA). Elsewhere it runs
-:func:`gather_form`: the same maths as MMCV's ``multi_scale_deformable_attn_pytorch`` (tested equal),
-written as one ``embedding_bag`` (a weighted gather-sum of the 4 bilinear corners of every sampling
-point), which measured 2-3x faster than MMCV's ``grid_sample`` form on 2 CPU cores at 800x1344 and
-needs no MMCV (a bare GPU machine runs it too). It always computes in float32, as the official op
-(``custom_fwd(cast_inputs=torch.float32)``), also under autocast.
+with the attention weights, always in float32 as the official op
+(``custom_fwd(cast_inputs=torch.float32)``), also under autocast. Its form, per device and need:
+
+* CUDA tensors: MMCV 2's compiled ``MultiScaleDeformableAttnFunction`` (where MMCV was built with
+  its CUDA ops);
+* otherwise, when gradients are needed (training): MMCV's ``multi_scale_deformable_attn_pytorch``
+  (``grid_sample`` per level);
+* otherwise (inference, or MMCV's ops not installed): :func:`gather_form`, the same maths as one
+  ``embedding_bag``: a weighted gather-sum of the 4 bilinear corners of every sampling point.
+  Measured on 2 CPU cores at 800x1344 (deit-small) it runs the extractor's core in 326 ms against
+  MMCV's 820 (the injector's 253 against 458); its backward is slower than ``grid_sample``'s on
+  small maps, hence MMCV's form for training.
 
 :class:`DeformableAttention` is ViT-Adapter's ``MSDeformAttn``: the same parameter names
 (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``), shapes and
@@ -33,22 +38,28 @@ IM2COL_STEP = 64
 
 
 @functools.cache
-def _mmcv_cuda_function():
-    """MMCV's ``MultiScaleDeformableAttnFunction`` where MMCV was built with its CUDA ops, else None."""
+def _mmcv_forms() -> tuple:
+    """MMCV's (CUDA function or None where MMCV has no CUDA ops, PyTorch form); (None, None) where
+    MMCV's ops cannot be imported."""
     try:
         from mmcv.ops import get_compiling_cuda_version
-        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+        from mmcv.ops.multi_scale_deform_attn import (
+            MultiScaleDeformableAttnFunction,
+            multi_scale_deformable_attn_pytorch,
+        )
     except (ImportError, OSError):  # no MMCV, or MMCV without its compiled ops
-        return None
-    return MultiScaleDeformableAttnFunction if get_compiling_cuda_version() != "not available" else None
+        return None, None
+    cuda = MultiScaleDeformableAttnFunction if get_compiling_cuda_version() != "not available" else None
+    return cuda, multi_scale_deformable_attn_pytorch
 
 
-def deform_attn_backend(device: torch.device | str) -> str:
-    """Which form :func:`ms_deform_attn` takes on ``device``: ``mmcv-cuda`` (MMCV's compiled CUDA
-    op) or ``gather`` (:func:`gather_form`)."""
-    if torch.device(device).type == "cuda" and _mmcv_cuda_function() is not None:
+def deform_attn_backend(device: torch.device | str, grad: bool = False) -> str:
+    """Which form :func:`ms_deform_attn` takes on ``device`` (``grad``: gradients needed):
+    ``mmcv-cuda``, ``mmcv-pytorch`` or ``gather`` (see the module docstring)."""
+    cuda, pytorch = _mmcv_forms()
+    if torch.device(device).type == "cuda" and cuda is not None:
         return "mmcv-cuda"
-    return "gather"
+    return "mmcv-pytorch" if grad and pytorch is not None else "gather"
 
 
 def ms_deform_attn(
@@ -64,12 +75,17 @@ def ms_deform_attn(
     (0 and 1 the outer edges of the map; bilinear, zeros outside); ``attention_weights``
     ``(B, Q, M, L, P)``. Returns ``(B, Q, M * Dh)`` float32.
     """
+    inputs = (value, sampling_locations, attention_weights)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    backend = deform_attn_backend(value.device, grad)
     with torch.autocast(value.device.type, enabled=False):
-        value, loc, weight = value.float(), sampling_locations.float(), attention_weights.float()
-        if deform_attn_backend(value.device) == "mmcv-cuda":
+        value, loc, weight = (t.float() for t in inputs)
+        if backend == "mmcv-cuda":
             size = torch.as_tensor(shapes, dtype=torch.long, device=value.device)
             start = torch.cat([size.new_zeros(1), size.prod(1).cumsum(0)[:-1]])
-            return _mmcv_cuda_function().apply(value, size, start, loc, weight, IM2COL_STEP)
+            return _mmcv_forms()[0].apply(value, size, start, loc, weight, IM2COL_STEP)
+        if backend == "mmcv-pytorch":
+            return _mmcv_forms()[1](value, shapes, loc, weight)
         return gather_form(value, shapes, loc, weight)
 
 
@@ -95,9 +111,7 @@ def gather_form(value, shapes, loc, weight) -> torch.Tensor:
         + corner[..., 1, None, :] * size[:, None, 0, None, None]
         + corner[..., 0, :, None]
     )
-    head = (
-        torch.arange(B, device=dev)[:, None] * M + torch.arange(M, device=dev)
-    ) * S  # value rows (B, M, S)
+    head = (torch.arange(B, device=dev)[:, None] * M + torch.arange(M, device=dev)) * S  # rows (B, M, S)
     row = row + head[:, None, :, None, None, None, None]
     rows = value.transpose(1, 2).reshape(B * M * S, Dh)
     out = F.embedding_bag(

@@ -1,12 +1,15 @@
-"""``prunebench weights``: what an ImageNet DeiT checkpoint covers of a PrunedViT."""
+"""``prunebench weights``: what an ImageNet DeiT checkpoint covers of a pruned backbone."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..axes import ARCHS, REFERENCE_LAYERS, REFERENCE_RATIOS
+from ..axes import ARCHS, FAMILIES, REFERENCE_LAYERS, REFERENCE_RATIOS
 from .deit_weights import WeightsError, load_pretrained
 from .pruned_vit import PrunedViT
+from .vit_adapter import PrunedViTAdapter
+
+_BACKBONES = {"plain": PrunedViT, "adapter": PrunedViTAdapter}
 
 
 def _group(keys: list[str]) -> list[tuple[str, int]]:
@@ -17,22 +20,26 @@ def _group(keys: list[str]) -> list[tuple[str, int]]:
     return sorted(groups.items())
 
 
-def check_weights(path: Path, arch: str, console) -> int:
-    """Load ``path`` into a pruned ``arch`` model as a run would; print a coverage table.
-    Returns the exit code: 0 when it loads, 1 when it would not."""
+def check_weights(path: Path, arch: str, console, family: str = "plain") -> int:
+    """Load ``path`` into a pruned ``arch`` backbone of ``family`` as a run would; print a coverage
+    table. Returns the exit code: 0 when it loads, 1 when it would not."""
     from rich.markup import escape
     from rich.table import Table
 
-    if arch not in ARCHS:
-        console.print(f"[red]error:[/] unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
+    if arch not in ARCHS or family not in FAMILIES:
+        console.print(
+            f"[red]error:[/] unknown arch {arch!r} or backbone {family!r}; use one of {', '.join(ARCHS)} "
+            f"and one of {', '.join(FAMILIES)}"
+        )
         return 1
-    model = PrunedViT(arch=arch, prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
+    cls = _BACKBONES[family]
+    model = cls(arch=arch, prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
     try:
         report = load_pretrained(model, path)
     except WeightsError as e:
         console.print(f"[red]would not load:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 1
-    console.print(f"[bold]{escape(str(path))}[/] -> PrunedViT {arch}", highlight=False, soft_wrap=True)
+    console.print(f"[bold]{escape(str(path))}[/] -> {cls.__name__} {arch}", highlight=False, soft_wrap=True)
     table = Table()
     for col in ("", "module", "tensors"):
         table.add_column(col)
@@ -48,7 +55,8 @@ def check_weights(path: Path, arch: str, console) -> int:
         console.print(f"note: {escape(note)}", highlight=False)
     console.print(
         f"[green]ok:[/] every ViT tensor of {arch} comes from the file "
-        f"({len(report.loaded)} loaded); {len(report.fresh)} start fresh (pyramid, selectors); "
+        f"({len(report.loaded)} loaded); {len(report.fresh)} start fresh "
+        f"({', '.join(p.strip('.') for p in cls.FRESH)}); "
         f"{len(report.ignored)} ignored. Grid line: `backbone.pretrained: {escape(str(path))}`",
         highlight=False,
         soft_wrap=True,

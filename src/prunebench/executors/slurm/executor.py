@@ -32,6 +32,7 @@ from ...results import (
     write_status,
 )
 from ..base import DEFAULT_JOB_FN, Executor, load_job_fn
+from ..progress import ProgressLines
 from . import queue
 from .options import SlurmOptions
 from .queue import JobState, Phase
@@ -132,7 +133,8 @@ class SlurmExecutor(Executor):
 
     Logs: ``<run_dir>/slurm/<jobid>_0_log.out`` (or under ``options.log_dir``), linked as
     ``<run_dir>/train.log``; submission scripts and pickles sit next to it. ``wait=True`` blocks
-    until every submitted job has ended and returns final states. ``query`` (job ids -> state)
+    until every submitted job has ended (printing a progress line per running job every
+    ``progress_s``) and returns final states. ``query`` (job ids -> state)
     and ``submitter`` replace the real cluster (tests).
     """
 
@@ -143,6 +145,7 @@ class SlurmExecutor(Executor):
         options: SlurmOptions | None = None,
         wait: bool = False,
         poll_s: float = 10.0,
+        progress_s: float = 30.0,
         job_fn: str = DEFAULT_JOB_FN,
         console: Any = None,
         query: Callable[[Sequence[str]], Mapping[str, JobState]] | None = None,
@@ -151,7 +154,8 @@ class SlurmExecutor(Executor):
         if job_fn != DEFAULT_JOB_FN:
             load_job_fn(job_fn)  # a bad reference fails here, not on the node
         self.options = options or SlurmOptions()
-        self.wait, self.poll_s, self.job_fn = wait, poll_s, job_fn
+        self.gpus_per_run = self.options.tasks
+        self.wait, self.poll_s, self.progress_s, self.job_fn = wait, poll_s, progress_s, job_fn
         self._console, self._query, self._submitter = console, query or queue.query, submitter
 
     def plan(
@@ -220,12 +224,16 @@ class SlurmExecutor(Executor):
 
     # --- Slurm side effects
 
-    def _log(self, msg: str) -> None:
+    @property
+    def console(self):
         if self._console is None:
             from rich.console import Console
 
             self._console = Console()
-        self._console.log(msg)
+        return self._console
+
+    def _log(self, msg: str) -> None:
+        self.console.log(msg)
 
     def _submit(self, submitter: Submitter, sweep_dir: Path, spec: RunSpec, deps: Sequence[str]) -> str:
         """Submit one run (held), record its job id in status.json, release it; returns the id."""
@@ -302,10 +310,12 @@ class SlurmExecutor(Executor):
     def _wait(
         self, sweep_dir: Path, job_of: dict[str, str], runs: Sequence[RunSpec], submitter: Submitter
     ) -> dict[str, str]:
-        """Poll until every job has ended; returns final run states and records failures."""
+        """Poll until every job has ended, with a progress line per running job every
+        ``progress_s``; returns final run states and records failures."""
         deps = {r.run_id: r.depends_on for r in runs}
         final: dict[str, str] = {}
         unseen: dict[str, int] = {}
+        progress = ProgressLines(self.console, self.progress_s)
         self._log(f"waiting for {len(job_of)} Slurm jobs (poll every {self.poll_s:g}s)")
         while len(final) < len(job_of):
             live = self._query([j for r, j in job_of.items() if r not in final])
@@ -323,6 +333,7 @@ class SlurmExecutor(Executor):
                         continue
                 final[rid] = self._finish(run_dir, rid, jid, state, deps.get(rid, ()), final, submitter)
             if len(final) < len(job_of):
+                progress.report(sweep_dir, [r for r in job_of if r not in final])
                 _time.sleep(self.poll_s)
         return final
 

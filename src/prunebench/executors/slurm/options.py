@@ -144,6 +144,11 @@ class SlurmOptions:
         return tuple(f.name for f in fields(cls))
 
     @property
+    def tasks(self) -> int:
+        """Processes of one job: one per GPU; a CPU job is one."""
+        return max(1, self.gpus_per_job)
+
+    @property
     def launcher(self) -> str:
         """MMEngine launcher of each task: ``slurm`` (distributed, one task per GPU) or ``none``."""
         return "slurm" if self.gpus_per_job > 0 else "none"
@@ -154,7 +159,7 @@ class SlurmOptions:
             "job_name": run_id,
             "time": self.time,
             "nodes": 1,
-            "ntasks_per_node": max(1, self.gpus_per_job),
+            "ntasks_per_node": self.tasks,
             "signal_delay_s": self.signal_delay_s,
             "stderr_to_stdout": True,
             # --requeue: preempted jobs go back to the queue; --hold: released once status.json
