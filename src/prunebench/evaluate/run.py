@@ -134,10 +134,10 @@ def eval_config(
     """The evaluation's MMDetection config: the checkpoint's detector, the data's test loader and
     CocoMetric (box and segm), nothing to train."""
     from ..convert import detector_config
-    from ..mmdet_config import _set_data
+    from ..mmdet_config import set_data
 
     cfg = detector_config(backbone, num_classes)
-    _set_data(cfg, dataset.data, dataset.root, dataset.classes)
+    set_data(cfg, dataset.data, dataset.root, dataset.classes)
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler", "auto_scale_lr"):
         cfg[key] = None
     cfg.update(load_from=str(checkpoint), work_dir=str(run_dir / WORK_DIR), randomness=dict(seed=seed))
@@ -188,7 +188,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..bench import measure_run
-    from ..job import _coco_metrics, _env, _keep_ratio_recorder
+    from ..metrics import coco_metrics, keep_ratio_recorder, run_env
 
     runner = Runner(
         model=model,
@@ -203,7 +203,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         cfg=cfg,
     )
     model = runner.model
-    keep = _keep_ratio_recorder(model.backbone)
+    keep = keep_ratio_recorder(model.backbone)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     t0 = time.time()
     with (
@@ -225,14 +225,14 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         **{k: getattr(spec, k) for k in RUN_IDENTITY},
         "family": spec.backbone_args["family"],
         "source": EVAL_SOURCE,
-        **_coco_metrics(raw),
+        **coco_metrics(raw),
         "latency_ms": timed["latency_ms"],
         "paired": None,
         "flops_g": timed["flops_g"],
         "keep_ratio": keep_stats,
         "checkpoint": str(cfg.load_from),
         "eval": {"images": images, "test_time_s": round(test_time, 1)},
-        "env": _env(),
+        "env": run_env(),
     }
 
 

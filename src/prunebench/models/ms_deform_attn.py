@@ -91,9 +91,9 @@ def ms_deform_attn(
 
 def gather_form(value, shapes, loc, weight) -> torch.Tensor:
     """:func:`ms_deform_attn` as one weighted gather-sum: the 4 bilinear corners of each sampling
-    point are rows of ``value`` (laid out per image and head), weighted by the bilinear weights
-    times the point's attention weight (0 for a corner outside the map, whose row index is then
-    only clamped into range) and summed by ``embedding_bag``."""
+    point are rows of ``value`` viewed as ``(B * S * M, Dh)`` (no copy), weighted by the bilinear
+    weights times the point's attention weight (0 for a corner outside the map, whose row index
+    is then only clamped into range) and summed by ``embedding_bag``."""
     B, S, M, Dh = value.shape
     _, Q, _, L, P, _ = loc.shape
     dev = loc.device
@@ -108,11 +108,12 @@ def gather_form(value, shapes, loc, weight) -> torch.Tensor:
     w4 = wy[..., :, None] * wx[..., None, :] * weight[..., None, None]  # (B, Q, M, L, P, y, x)
     width = size[:, 0, 0]
     start = torch.tensor([0] + [h * w for h, w in shapes[:-1]], device=dev).cumsum(0).int()
-    head = ((torch.arange(B, device=dev)[:, None] * M + torch.arange(M, device=dev)) * S).int()
-    top_left = head[:, None, :, None, None] + start[:, None] + low[..., 1] * width[:, None] + low[..., 0]
-    offsets = torch.stack([torch.zeros_like(width), torch.ones_like(width), width, width + 1], -1)  # (L, 4)
-    rows = (top_left[..., None] + offsets[:, None]).clamp_(0, B * M * S - 1)
-    table = value.transpose(1, 2).reshape(B * M * S, Dh)
+    image = (torch.arange(B, device=dev) * S).int()[:, None, None, None, None]
+    pixel = image + start[:, None] + low[..., 1] * width[:, None] + low[..., 0]  # (B, Q, M, L, P)
+    top_left = pixel * M + torch.arange(M, device=dev, dtype=torch.int32)[:, None, None]
+    offsets = torch.stack([torch.zeros_like(width), torch.ones_like(width), width, width + 1], -1) * M
+    rows = (top_left[..., None] + offsets[:, None]).clamp_(0, B * S * M - 1)  # offsets: (L, 4)
+    table = value.reshape(B * S * M, Dh)
     bags = L * P * 4
     out = F.embedding_bag(rows.reshape(-1, bags), table, per_sample_weights=w4.reshape(-1, bags), mode="sum")
     return out.view(B, Q, M * Dh)
