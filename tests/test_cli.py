@@ -21,6 +21,9 @@ COMMANDS = [
     ["data"],
     ["data", "subset"],
     ["data", "synth"],
+    ["zoo"],
+    ["convert"],
+    ["eval"],
 ]
 
 
@@ -34,7 +37,7 @@ def test_help(cmd):
 def test_fast_commands_do_not_import_torch():
     code = (
         "import sys; from prunebench.cli import app; "
-        "from prunebench import sweep, grid, report, status, results; "
+        "from prunebench import sweep, grid, report, status, results, zoo, evaluate, convert; "
         "print(sorted(m for m in ('torch', 'mmdet', 'mmcv') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

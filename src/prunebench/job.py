@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
+from .metrics import coco_metrics, keep_ratio_recorder, run_env
 from .mmdet_config import GPUS_KEY
 from .results import (
     CONFIG_FILE,
@@ -80,77 +79,6 @@ class _StatusHook(Hook):
             eta_s=round(rate * (total - done), 1),
             **({"loss": round(float(loss.current()), 4)} if loss else {}),
         )
-
-
-def _env() -> dict:
-    import mmcv
-    import mmdet
-    import mmengine
-    import timm
-    import torch
-
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "mmcv": mmcv.__version__,
-        "mmdet": mmdet.__version__,
-        "mmengine": mmengine.__version__,
-        "timm": timm.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "host": platform.node(),
-        "git_commit": commit,
-    }
-
-
-def _keep_ratio_recorder(backbone):
-    """Forward hook summing each pruning layer's keep ratio over the evaluation images."""
-    sums: list[float] = []
-    count = [0]
-
-    def hook(module, args, output):
-        masks = getattr(module, "last_keep_masks", None) or []
-        if not masks:
-            return
-        if not sums:
-            sums.extend([0.0] * len(masks))
-        for i, m in enumerate(masks):
-            sums[i] += float(m.float().mean(dim=1).sum())
-        count[0] += masks[0].shape[0]
-
-    handle = backbone.register_forward_hook(hook)
-
-    def result() -> dict:
-        handle.remove()
-        per_layer = [s / count[0] for s in sums] if count[0] else []
-        return {
-            "mean": sum(per_layer) / len(per_layer) if per_layer else 1.0,
-            "per_layer": per_layer,
-            "images": count[0],
-        }
-
-    return result
-
-
-def _coco_metrics(raw: dict) -> dict:
-    coco = {k.split("/", 1)[-1]: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-    return {
-        "box_ap": round(100 * coco.get("bbox_mAP", float("nan")), 2),
-        "mask_ap": round(100 * coco.get("segm_mAP", float("nan")), 2),
-        "coco": coco,
-    }
 
 
 def run_job(run_dir: str | Path, launcher: str = "none") -> dict:
@@ -228,7 +156,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     if is_writer():
         write_status(run_dir, "running", phase="test")
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
-    keep = _keep_ratio_recorder(model.backbone)
+    keep = keep_ratio_recorder(model.backbone)
     raw = runner.test()
     keep_stats = keep()
     bench_cfg = spec.bench
@@ -251,14 +179,14 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         "selector_init": spec.backbone_args.get("selector_init"),  # None on a dense run
         "seed": spec.seed,
         "axes": spec.axes,
-        **_coco_metrics(raw),
+        **coco_metrics(raw),
         "latency_ms": bench["latency_ms"],
         "paired": bench["paired"],
         "flops_g": bench["flops_g"],
         "keep_ratio": keep_stats,
         "train_time_s": round(train_time, 1),
         "checkpoint": str(Path(cfg.work_dir) / _last_checkpoint(cfg.work_dir)),
-        "env": _env(),
+        "env": run_env(),
     }
 
 

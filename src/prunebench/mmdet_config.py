@@ -148,7 +148,7 @@ def build_config(
     set_backbone(cfg, spec.backbone_args)
     if "keep_ratio_loss_weight" in spec.schedule:
         set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
-    _set_data(cfg, grid.data, data_root, classes)
+    set_data(cfg, grid.data, data_root, classes)
     _set_schedule(cfg, spec.schedule, spec.stage)
     if spec.stage == "finetune":
         cfg["load_from"] = str(
@@ -190,7 +190,8 @@ def set_backbone(cfg: dict, args: dict) -> None:
         cfg["sync_bn"] = "torch"
 
 
-def _set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:
+def set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:
+    """The dataloaders, evaluator and class count for a dataset (synthetic or COCO files under ``root``)."""
     if data["type"] == "synthetic":
         files = {
             "train_ann": "annotations/instances_train.json",

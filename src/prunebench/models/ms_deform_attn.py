@@ -90,33 +90,32 @@ def ms_deform_attn(
 
 
 def gather_form(value, shapes, loc, weight) -> torch.Tensor:
-    """:func:`ms_deform_attn` as one weighted gather-sum: each sampling point's 4 bilinear corners
-    (weights folded with its attention weight; corners outside the map weigh 0) are rows of
-    ``value`` summed by ``embedding_bag``."""
+    """:func:`ms_deform_attn` as one weighted gather-sum: the 4 bilinear corners of each sampling
+    point are rows of ``value`` viewed as ``(B * S * M, Dh)`` (no copy), weighted by the bilinear
+    weights times the point's attention weight (0 for a corner outside the map, whose row index
+    is then only clamped into range) and summed by ``embedding_bag``."""
     B, S, M, Dh = value.shape
     _, Q, _, L, P, _ = loc.shape
     dev = loc.device
-    size = torch.tensor([[w, h] for h, w in shapes], device=dev)  # (L, 2): x extent, y extent
-    start = torch.tensor([0] + [h * w for h, w in shapes[:-1]], device=dev).cumsum(0)
+    size = torch.tensor([[w, h] for h, w in shapes], dtype=loc.dtype, device=dev)  # (L, xy)
     pix = loc * size[:, None] - 0.5  # pixel coordinates, centres at integers
     low = pix.floor()
     frac = pix - low
-    corner = low.long()[..., None] + torch.arange(2, device=dev)  # (B, Q, M, L, P, xy, 2)
-    extent = size[:, None, :, None]
-    axis_w = torch.stack([1 - frac, frac], -1) * ((corner >= 0) & (corner < extent))
-    corner = corner.clamp(min=0).minimum(extent - 1)
-    w4 = axis_w[..., 0, :, None] * axis_w[..., 1, None, :] * weight[..., None, None]  # (..., x, y)
-    row = (
-        start[:, None, None, None]
-        + corner[..., 1, None, :] * size[:, None, 0, None, None]
-        + corner[..., 0, :, None]
-    )
-    head = (torch.arange(B, device=dev)[:, None] * M + torch.arange(M, device=dev)) * S  # rows (B, M, S)
-    row = row + head[:, None, :, None, None, None, None]
-    rows = value.transpose(1, 2).reshape(B * M * S, Dh)
-    out = F.embedding_bag(
-        row.reshape(-1, L * P * 4), rows, per_sample_weights=w4.reshape(-1, L * P * 4), mode="sum"
-    )
+    low, size = low.int(), size.int()[:, None]
+    w_low = (1 - frac) * ((low >= 0) & (low < size))  # per axis, the lower and upper neighbour
+    w_high = frac * ((low >= -1) & (low < size - 1))
+    wx, wy = (torch.stack([w_low[..., i], w_high[..., i]], -1) for i in (0, 1))
+    w4 = wy[..., :, None] * wx[..., None, :] * weight[..., None, None]  # (B, Q, M, L, P, y, x)
+    width = size[:, 0, 0]
+    start = torch.tensor([0] + [h * w for h, w in shapes[:-1]], device=dev).cumsum(0).int()
+    image = (torch.arange(B, device=dev) * S).int()[:, None, None, None, None]
+    pixel = image + start[:, None] + low[..., 1] * width[:, None] + low[..., 0]  # (B, Q, M, L, P)
+    top_left = pixel * M + torch.arange(M, device=dev, dtype=torch.int32)[:, None, None]
+    offsets = torch.stack([torch.zeros_like(width), torch.ones_like(width), width, width + 1], -1) * M
+    rows = (top_left[..., None] + offsets[:, None]).clamp_(0, B * S * M - 1)  # offsets: (L, 4)
+    table = value.reshape(B * S * M, Dh)
+    bags = L * P * 4
+    out = F.embedding_bag(rows.reshape(-1, bags), table, per_sample_weights=w4.reshape(-1, bags), mode="sum")
     return out.view(B, Q, M * Dh)
 
 

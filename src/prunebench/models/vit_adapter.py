@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adapter_modules import Geometry, InteractionBlock, SpatialPriorModule
+from .adapter_modules import Geometry, InteractionBlock, SpatialPriorModule, to_map
 from .ms_deform_attn import DeformableAttention
 from .pruned_backbone import PrunedBackbone, pad_to_32
 
@@ -110,7 +110,7 @@ class PrunedViTAdapter(PrunedBackbone):
                 for k in range(len(groups))
             ]
         )
-        self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
+        self.up = nn.ConvTranspose2d(dim, dim, 2, 2).to(memory_format=torch.channels_last)
         for k in range(1, 5):
             setattr(self, f"norm{k}", nn.BatchNorm2d(dim))
         self._init_vit()
@@ -144,26 +144,17 @@ class PrunedViTAdapter(PrunedBackbone):
         self.finish_pruning()
         self.last_tokens = x
 
-        B, _, D = x.shape
-        maps = [
-            t.transpose(1, 2).reshape(B, D, hh, ww)
-            for t, (hh, ww) in zip(c.split([a * b for a, b in geo.cnn_shapes], 1), geo.cnn_shapes)
-        ]
-        c2, c3, c4 = maps
-        c1 = self.up(c2) + c1
-        outs = [c1, c2, c3, c4]
+        levels = c.split([a * b for a, b in geo.cnn_shapes], dim=1)
+        c2, c3, c4 = (to_map(t, hh, ww) for t, (hh, ww) in zip(levels, geo.cnn_shapes))
+        outs = [self.up(c2) + c1, c2, c3, c4]
         if self.add_vit_feature:
-            x3 = x.transpose(1, 2).reshape(B, D, h, w)
-            outs = [
-                o
-                + (
-                    x3
-                    if scale == 1
-                    else F.interpolate(x3, scale_factor=scale, mode="bilinear", align_corners=False)
-                )
-                for o, scale in zip(outs, (4, 2, 1, 0.5))
-            ]
+            x3 = to_map(x, h, w)
+            outs = [o + _rescale(x3, scale) for o, scale in zip(outs, (4, 2, 1, 0.5))]
         return tuple(norm(o) for norm, o in zip((self.norm1, self.norm2, self.norm3, self.norm4), outs))
+
+
+def _rescale(m: torch.Tensor, scale: float) -> torch.Tensor:
+    return m if scale == 1 else F.interpolate(m, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
 def _init_conv(m: nn.Module) -> None:

@@ -8,6 +8,8 @@ from functools import cache
 from pathlib import Path
 
 from .. import axes as facts
+from ..results import scan_results
+from ..zoo import is_eval, released_rows
 from .schema import Effect, PaperCheck, Report, Verdict
 
 PAPER_FILE = Path(__file__).with_name("paper.json")
@@ -88,8 +90,9 @@ def _headline_row(label: str, row: dict) -> dict:
 
 
 def headline(report: Report, paper: dict) -> list[dict]:
-    """The paper's SViT and prior methods beside this study's best pruned cell (highest Δ box AP)
-    and its cell with the paper's choice on every axis."""
+    """The paper's SViT and prior methods, the released checkpoints evaluated here (``prunebench
+    eval``), and this study's best pruned cell (highest Δ box AP) and its cell with the paper's
+    choice on every axis (evaluations of checkpoints are not cells of the study)."""
     dense, pruned, prior = paper["dense"], paper["pruned"], paper["prior"]
     out = [
         {
@@ -107,8 +110,9 @@ def headline(report: Report, paper: dict) -> list[dict]:
             "speedup_backbone": None,
         },
     ]
+    out += released_rows(scan_results(report.root))  # released checkpoints evaluated here
     cells = sorted(
-        (r for r in report.rows if not r["dense"] and r["d_box_ap"] is not None),
+        (r for r in report.rows if not r["dense"] and r["d_box_ap"] is not None and not is_eval(r["axes"])),
         key=lambda r: (r["d_box_ap"], r["speedup_full"] or 0),
         reverse=True,
     )
