@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Before any MMEngine logger exists, as in a Slurm task: importing submitit runs
+# logging.config.dictConfig, which closes every logging handler already made (MMEngine's
+# log-file handlers included, after which init_weights fails writing to them).
+import submitit  # noqa: F401
+
 from prunebench.results import METRICS_FILE, atomic_write_json, is_finished, read_json, write_status
 
 DENSE_AXES = {"pruned_tokens": None, "reactivation": None, "rate": None, "selector": None}

@@ -715,8 +715,8 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
 
 
 def smoke_grid(tmp_path: Path, name: str, dense_iters: int, ckpt_every: int) -> Path:
-    """ablations/smoke.yaml cut to 2 points (dense + one pruned finetune), tiny and short."""
-    grid = yaml.safe_load((ROOT / "ablations" / "smoke.yaml").read_text())
+    """ablations/smoke-plain.yaml cut to 2 points (dense + one pruned finetune), tiny and short."""
+    grid = yaml.safe_load((ROOT / "ablations" / "smoke-plain.yaml").read_text())
     grid["name"] = name
     grid["axes"] = {
         "pruned_tokens": ["preserve"],
