@@ -58,7 +58,8 @@ class PrunedBackbone(BaseModule):
     """DeiT patch embedding, position embedding, blocks and selectors; subclasses add the neck-side
     modules and ``forward``. Keyword arguments: see :class:`~prunebench.models.PrunedViT`.
 
-    ``FRESH`` names the key prefixes an ImageNet DeiT checkpoint does not cover.
+    ``FRESH`` names the key prefixes an ImageNet DeiT checkpoint does not cover; here, the pruning
+    modules, which are also what a pruned finetune adds to its dense parent's checkpoint.
     """
 
     FRESH: tuple[str, ...] = ("selectors.", "mechanism.")
@@ -310,14 +311,10 @@ def _init_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-#: key prefixes a pruned finetune adds to its dense parent's checkpoint.
-_FINETUNE_FRESH = ("selectors.", "mechanism.")
-
-
 def _fresh_selectors_hook(module: PrunedBackbone, incompatible_keys) -> None:
     """Let a dense checkpoint load into a pruned model: missing selector (and a method's class
     token) keys start fresh."""
-    fresh = [k for k in incompatible_keys.missing_keys if any(p in k for p in _FINETUNE_FRESH)]
+    fresh = [k for k in incompatible_keys.missing_keys if any(p in k for p in PrunedBackbone.FRESH)]
     if fresh:
         for k in fresh:
             incompatible_keys.missing_keys.remove(k)

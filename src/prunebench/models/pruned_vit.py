@@ -85,7 +85,7 @@ class PrunedViT(PrunedBackbone):
     and ``last_tokens`` the final token map ``(B, N, D)``.
     """
 
-    FRESH = ("pyramid.", "selectors.", "mechanism.")
+    FRESH = ("pyramid.", *PrunedBackbone.FRESH)
 
     def __init__(self, *args, out_channels: int = 256, **kwargs):
         super().__init__(*args, **kwargs)

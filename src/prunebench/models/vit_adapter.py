@@ -56,8 +56,7 @@ class PrunedViTAdapter(PrunedBackbone):
         "norm2.",
         "norm3.",
         "norm4.",
-        "selectors.",
-        "mechanism.",
+        *PrunedBackbone.FRESH,
     )
 
     def __init__(
