@@ -19,10 +19,9 @@ from prunebench.bench import (
     time_calls,
     vit_block_gflops,
 )
-from prunebench.bench.inputs import _load_config
 from prunebench.bench.probe import _gflops
 from prunebench.cli import app
-from prunebench.configs import TEMPLATE_DIR
+from prunebench.configs import TEMPLATE_DIR, load_config
 from prunebench.data import make_synthetic_coco
 from prunebench.models.selectors import num_kept
 
@@ -114,7 +113,7 @@ def synth(tmp_path_factory):
     """Four 96x96 synthetic val images and the CPU config's test dataset over them (Resize 96x96)."""
     root = tmp_path_factory.mktemp("synth")
     info = make_synthetic_coco(root, num_train=0, num_val=4, image_size=(96, 96))
-    cfg = _load_config(CPU_CFG)
+    cfg = load_config(CPU_CFG)
     for step in cfg.test_dataloader.dataset.pipeline:
         if step["type"] == "Resize":
             step["scale"] = (96, 96)

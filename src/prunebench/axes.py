@@ -39,6 +39,10 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "deit-small": (384, 12, 6),
     "deit-base": (768, 12, 12),
 }
+#: latency timing of a run when its grid's ``bench:`` (or ``prunebench eval``) does not say.
+BENCH_DEFAULTS = {"images": 20, "warmup": 2, "repeats": 5}
+#: the axis whose values are method presets (``svit``, ``dynamicvit``, ...; :mod:`prunebench.presets`).
+METHOD_AXIS = "method"
 #: backbone family -> the registered backbone (grid ``backbone.family``, axis ``family``):
 #: ``plain`` DeiT with a simple pyramid, ``adapter`` the paper's SViT-Adapter (ViT-Adapter).
 FAMILIES: dict[str, str] = {"plain": "PrunedViT", "adapter": "PrunedViTAdapter"}

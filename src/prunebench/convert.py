@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .configs import TEMPLATE_DIR, TEMPLATES
-from .zoo import BY_NAME
+from .configs import load_config
+from .zoo import BY_NAME, eval_command
 
 FIX = (
     "convert an official ViT-Adapter / SViT-Adapter Mask R-CNN checkpoint (`prunebench zoo`); "
@@ -26,11 +26,9 @@ def detector_config(backbone: dict, num_classes: int):
     """prunebench's Mask R-CNN config (``configs/mask_rcnn_vit.py``) with a checkpoint record's
     backbone (a run's backbone arguments: ``family`` and the backbone's keyword arguments) and
     ``num_classes`` classes, built as a sweep builds its runs' configs."""
-    from mmengine.config import Config
-
     from .mmdet_config import set_backbone
 
-    cfg = Config.fromfile(str(TEMPLATE_DIR / TEMPLATES["mask-rcnn-vit"]))
+    cfg = load_config()
     set_backbone(cfg, backbone)
     cfg.model.roi_head.bbox_head.num_classes = num_classes
     cfg.model.roi_head.mask_head.num_classes = num_classes
@@ -105,6 +103,5 @@ def convert_checkpoint(src: Path, dst: Path, arch: str | None = None, console=No
     console.print(f"converted {escape(str(src))} -> {escape(str(dst))}")
     for label, text in lines:
         console.print(f"  {label:<15}{escape(text)}", soft_wrap=True)
-    sampling = " --selector-inference gumbel --seed 0" if record["cell"] != "dense" else ""
-    console.print(f"next: prunebench eval {escape(str(dst))} --data data/coco{sampling}", soft_wrap=True)
+    console.print(f"next: {escape(eval_command(str(dst), record['cell']))}", soft_wrap=True)
     return record

@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from mmengine.hooks import Hook
@@ -29,6 +28,7 @@ from .results import (
     is_finished,
     is_writer,
     read_json,
+    record_exception,
     write_status,
     writer_lock,
 )
@@ -108,11 +108,7 @@ def _run_locked(run_dir: Path, launcher: str) -> dict:
         metrics = _train_test_bench(run_dir, spec, launcher)
     except BaseException as e:
         if rank0:
-            tail = "".join(traceback.format_exception(e)[-6:])[-2000:]
-            state = "pending" if isinstance(e, KeyboardInterrupt) else "failed"
-            write_status(
-                run_dir, state, error=f"{type(e).__name__}: {e}", traceback=tail, log=str(run_dir / LOG_FILE)
-            )
+            record_exception(run_dir, e, str(run_dir / LOG_FILE))
         raise
     if rank0:
         atomic_write_json(run_dir / METRICS_FILE, metrics)

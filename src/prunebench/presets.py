@@ -14,14 +14,13 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from .axes import PRUNING_AXES
+from .axes import METHOD_AXIS, PRUNING_AXES
 
 __all__ = [
     "Preset",
     "PRESETS",
     "OURS",
     "CLASS_ATTENTION",
-    "BUILTIN_SELECTORS",
     "preset",
     "plugin_selectors",
     "method_cell",
@@ -31,8 +30,6 @@ __all__ = [
 
 #: the ``selector`` axis value of the methods that rank by class attention (no learned selector).
 CLASS_ATTENTION = "class-attention"
-#: the selectors prunebench defines (``PRUNING_AXES["selector"]``); others are plug-ins.
-BUILTIN_SELECTORS = PRUNING_AXES["selector"]
 _STAGES = [3, 6, 9]  # before blocks 4, 7, 10 (1-based)
 _STAGE_RATIOS = [0.7, 0.49, 0.343]  # 0.7 of the previous stage each
 
@@ -132,7 +129,7 @@ def plugin_selectors() -> tuple[str, ...]:
     registry = sys.modules.get("prunebench.models.registry")
     if registry is None:
         return ()
-    return tuple(n for n in registry.SELECTORS.module_dict if n not in BUILTIN_SELECTORS)
+    return tuple(n for n in registry.SELECTORS.module_dict if n not in PRUNING_AXES["selector"])
 
 
 def backbone_args(name: str, args: dict) -> dict:
@@ -148,9 +145,9 @@ def backbone_args(name: str, args: dict) -> dict:
 
 def method_cell(cell: dict) -> dict:
     """A grid cell with its method's four axis values filled in (unchanged without ``method``)."""
-    if cell.get("method") is None:
+    if cell.get(METHOD_AXIS) is None:
         return cell
-    return {**cell, **preset(cell["method"]).axes}
+    return {**cell, **preset(cell[METHOD_AXIS]).axes}
 
 
 def blocks_needed(name: str) -> int:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .axes import FAMILY_ARGS, PRUNING_AXES, id_prefix, impossible
+from .axes import BENCH_DEFAULTS, FAMILY_ARGS, METHOD_AXIS, PRUNING_AXES, id_prefix, impossible
 from .grid import Grid, GridError
 from .presets import backbone_args, method_cell, preset
 
@@ -157,13 +157,13 @@ def _backbone_identity(backbone: dict) -> dict:
 def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     """All runs of the grid, dense runs first, and the (cell, reason) pairs left out."""
     kept, excluded = cells(grid)
-    pruning = [*PRUNING_AXES, *(["method"] if "method" in grid.axes else [])]  # finetunes' own
+    pruning = [*PRUNING_AXES, *([METHOD_AXIS] if METHOD_AXIS in grid.axes else [])]  # finetunes' own
     others_keys = [k for k in grid.axes if k not in pruning]
     for _, cell in kept:  # dotted keys that only `include` points set
         others_keys += [k for k in cell if k not in pruning and k not in others_keys]
     base_id = Path(grid.base).name
     data_id = _meaning("data", grid.data)
-    bench = {"images": 20, "warmup": 2, "repeats": 5, **grid.bench}
+    bench = {**BENCH_DEFAULTS, **grid.bench}
     dense_runs: dict[tuple, RunSpec] = {}
     finetunes: dict[str, RunSpec] = {}
     tagged = [k for k in ("model.backbone.arch", "family") if len(grid.axes.get(k, [])) > 1]
@@ -208,17 +208,17 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
                 **{k: v for k, v in backbone.items() if k != "pretrained"},
                 **{k: cell[k] for k in PRUNING_AXES},
             }
-            if "method" in cell:
-                args, ft_sched = _method_settings(cell["method"], args, ft_sched)
+            if METHOD_AXIS in cell:
+                args, ft_sched = _method_settings(cell[METHOD_AXIS], args, ft_sched)
             payload = {
                 **dense_payload,
                 "dense": dense.run_id,
                 "backbone": _backbone_identity(backbone),
                 "schedule": _meaning("schedule", ft_sched),
                 "axes": axes,
-                **({"method": args} if "method" in cell else {}),
+                **({METHOD_AXIS: args} if METHOD_AXIS in cell else {}),
             }
-            rid = f"{name or cell.get('method') or id_prefix(cell)}{tag}-s{seed}-{_digest(payload)}"
+            rid = f"{name or cell.get(METHOD_AXIS) or id_prefix(cell)}{tag}-s{seed}-{_digest(payload)}"
             if rid not in finetunes:
                 finetunes[rid] = RunSpec(
                     rid,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .axes import METHOD_AXIS
 from .checkpoint import mmengine_checkpoint_globals
 from .results import CONFIG_FILE, RUN_FILE, WORK_DIR, read_json
 
@@ -178,7 +179,7 @@ def method_label(source: Path, backbone) -> str:
     """What chose the tokens: the run's ``method`` (run.json), else the backbone's mechanism or
     its four axes."""
     run = read_json(Path(source) / RUN_FILE) if Path(source).is_dir() else None
-    method = ((run or {}).get("axes") or {}).get("method")
+    method = ((run or {}).get("axes") or {}).get(METHOD_AXIS)
     if method is None and backbone.method != "selector":
         method = backbone.method
     if method is not None:

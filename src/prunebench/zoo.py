@@ -47,8 +47,14 @@ class Released:
 
     @property
     def eval_line(self) -> str:
-        sampling = " --selector-inference gumbel --seed 0" if self.cell != "dense" else ""
-        return f"prunebench eval {self.converted} --data {COCO_ROOT}{sampling}"
+        return eval_command(self.converted, self.cell)
+
+
+def eval_command(checkpoint: str, cell: str) -> str:
+    """The ``prunebench eval`` line for a converted checkpoint of ``cell`` on COCO, with the
+    official Gumbel test-time sampling for a pruned model."""
+    sampling = " --selector-inference gumbel --seed 0" if cell != "dense" else ""
+    return f"prunebench eval {checkpoint} --data {COCO_ROOT}{sampling}"
 
 
 _DRIVE = "https://drive.google.com/file/d/{}/view?usp=drive_link"

@@ -14,18 +14,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..configs import TEMPLATE_DIR, TEMPLATES
+from ..configs import load_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _load_config(config: Optional[str]):
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    cfg = Config.fromfile(config or str(TEMPLATE_DIR / TEMPLATES["mask-rcnn-vit"]))
-    init_default_scope(cfg.get("default_scope", "mmdet"))
-    return cfg
 
 
 def build_detector(
@@ -39,7 +30,7 @@ def build_detector(
     from .. import models  # noqa: F401  (registers the backbones and PrunedMaskRCNN)
     from ..mmdet_config import set_backbone
 
-    cfg = _load_config(config)
+    cfg = load_config(config)
     set_backbone(cfg, {"family": family, "arch": arch, **backbone_kwargs})
     return MODELS.build(cfg.model)
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..axes import REFERENCE_LAYERS, REFERENCE_RATIOS
-from .inputs import _load_config, build_detector, dataset_batches, file_batches, synthetic_data
+from ..configs import load_config
+from .inputs import build_detector, dataset_batches, file_batches, synthetic_data
 from .probe import measure_models
 
 
@@ -44,7 +45,7 @@ def _dense_parent(dense_dir: Path, device: torch.device) -> Optional[nn.Module]:
             level=logging.WARNING,
         )
         return None
-    model = MODELS.build(_load_config(str(dense_dir / CONFIG_FILE)).model)
+    model = MODELS.build(load_config(dense_dir / CONFIG_FILE).model)
     load_checkpoint(model, str(found), map_location="cpu", logger="current")
     return model.to(device).eval()
 
@@ -135,7 +136,7 @@ def run_bench(
     pruned = build_detector(arch, config, family, **schedule, **pruned_args, **backbone_kwargs)
     pruned.load_state_dict(dense.state_dict())  # selectors start fresh (logged)
     if images:
-        batches, source = file_batches(images, _load_config(config), num_images, batch)
+        batches, source = file_batches(images, load_config(config), num_images, batch)
     else:
         batches = [synthetic_data(input_hw=tuple(input_size), batch=batch)]
         source = {"kind": "random", "input_size": list(input_size)}

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..axes import BENCH_DEFAULTS
 from .main import RELEASED, app, fail
 
 
@@ -94,9 +95,15 @@ def evaluate(
         None, "--arch", help="For a checkpoint that records no model: its arch."
     ),
     dtype: str = typer.Option("fp32", "--dtype", help="Timing precision: fp32 | fp16 | bf16 (autocast)."),
-    bench_images: int = typer.Option(20, "--bench-images", min=1, help="Val images timed (batch 1)."),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed calls before timing."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed rounds over the images."),
+    bench_images: int = typer.Option(
+        BENCH_DEFAULTS["images"], "--bench-images", min=1, help="Val images timed (batch 1)."
+    ),
+    warmup: int = typer.Option(
+        BENCH_DEFAULTS["warmup"], "--warmup", min=0, help="Untimed calls before timing."
+    ),
+    repeats: int = typer.Option(
+        BENCH_DEFAULTS["repeats"], "--repeats", min=1, help="Timed rounds over the images."
+    ),
 ) -> None:
     """Evaluate a checkpoint: COCO box/mask AP, achieved keep ratio, latency and FLOPs.
 

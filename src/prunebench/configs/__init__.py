@@ -8,6 +8,16 @@ TEMPLATE_DIR = Path(__file__).parent
 TEMPLATES = {"mask-rcnn-vit": "mask_rcnn_vit.py", "mask-rcnn-vit-cpu": "mask_rcnn_vit_cpu.py"}
 
 
+def load_config(path: str | Path | None = None):
+    """An MMEngine config (default: the ``mask-rcnn-vit`` template) with its default scope set."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    cfg = Config.fromfile(str(path or TEMPLATE_DIR / TEMPLATES["mask-rcnn-vit"]))
+    init_default_scope(cfg.get("default_scope", "mmdet"))
+    return cfg
+
+
 def base_path(grid_file: Path, base: str) -> Path | None:
     """File of a grid's ``base``: a built-in template, or a config path relative to the grid file
     or the working directory; None when there is no such file. ``mmdet::`` paths (MMDetection's

@@ -177,12 +177,13 @@ def check_classes(meta: dict, record: dict, data: EvalData, path: Path) -> None:
     if theirs == data.classes or (not theirs and record["num_classes"] == len(data.classes)):
         return
     from ..convert import first_names
+    from ..zoo import COCO_ROOT
 
     named = f" ({first_names(theirs)})" if theirs else ""
     raise EvalError(
         f"{path}: detects {record['num_classes']} classes{named}, but {data.ann_file} has "
         f"{len(data.classes)} ({first_names(data.classes)}): its AP there would mean nothing. "
-        "Fix: evaluate it on the data it was trained for (COCO: --data data/coco)"
+        f"Fix: evaluate it on the data it was trained for (COCO: --data {COCO_ROOT})"
     )
 
 

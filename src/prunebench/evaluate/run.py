@@ -7,7 +7,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from ..axes import PRUNING_AXES
+from ..axes import BENCH_DEFAULTS, PRUNING_AXES
 from ..results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -16,6 +16,7 @@ from ..results import (
     atomic_write_json,
     is_finished,
     read_json,
+    record_exception,
     run_lock,
     write_status,
 )
@@ -76,7 +77,7 @@ def run_eval(
     backbone = eval_backbone(record, keep_ratios, rate, selector_inference)
     dataset = eval_data(data)
     check_classes(meta, record, dataset, checkpoint)
-    bench = {"images": 20, "warmup": 2, "repeats": 5, "dtype": "fp32", **(bench or {})}
+    bench = {**BENCH_DEFAULTS, "dtype": "fp32", **(bench or {})}
     pruned = bool(backbone.get("prune_layers"))
     axes = {
         **{a: backbone.get(a) if pruned else None for a in PRUNING_AXES},
@@ -123,6 +124,8 @@ def run_eval(
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
+        if is_finished(run_dir):  # another evaluation finished it while this one set up
+            return read_json(run_dir / METRICS_FILE)
         metrics = _run(cfg, model, spec, about, run_dir)
     _summary(metrics, run_dir, console)
     return metrics
@@ -172,8 +175,7 @@ def _run(cfg, model, spec, about: dict, run_dir: Path) -> dict:
     try:
         metrics = _test_and_time(cfg, model, spec, run_dir)
     except BaseException as e:
-        state = "pending" if isinstance(e, KeyboardInterrupt) else "failed"
-        write_status(run_dir, state, error=f"{type(e).__name__}: {e}", log=log)
+        record_exception(run_dir, e, log)
         raise
     metrics["eval"] = {**about, **metrics["eval"]}
     atomic_write_json(run_dir / METRICS_FILE, metrics)

@@ -11,11 +11,9 @@ import os
 import sys
 from typing import Any
 
-from ..axes import ARCHS, PRUNING_AXES
+from ..axes import ARCHS, METHOD_AXIS, PRUNING_AXES
 from ..presets import PRESETS, blocks_needed, plugin_selectors
 from .schema import _Checker
-
-METHOD_AXIS = "method"
 
 
 def check_imports(c: _Checker, raw: Any) -> list[str]:

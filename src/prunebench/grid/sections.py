@@ -180,8 +180,9 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
                 f"write `{key}: [value1, value2]`",
             )
         if key in PRUNING_AXES or key == METHOD_AXIS:
+            allowed = axis_values(key)
             for i, v in enumerate(values):
-                if v not in axis_values(key) or type(v) is not type(axis_values(key)[0]):
+                if v not in allowed or type(v) is not type(allowed[0]):
                     raise c.fail(f"axes.{key}[{i}]", *unknown_value(key, v))
         elif key == "family":
             for i, v in enumerate(values):

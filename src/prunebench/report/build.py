@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..axes import PRUNING_AXES
+from ..axes import METHOD_AXIS, PRUNING_AXES
 from ..results import Run, scan_results
 from .effects import compute_effects
-from .methods import METHOD, compare_methods
+from .methods import compare_methods
 from .paper import check_paper, load_paper
 from .rows import _aggregate, _DenseIndex, _run_row, _setting_label, timing_setup
 from .schema import COLUMNS, IDENTITY, METRICS, Report, cell, short_axis
@@ -90,7 +90,7 @@ def build_report(
     findings (``margin``: the equivalence margin in AP). Raises FileNotFoundError / ValueError."""
     runs = scan_results(root)
     axes_seen = {a for r in runs for a in r.axes}
-    leading = [METHOD, *PRUNING_AXES]
+    leading = [METHOD_AXIS, *PRUNING_AXES]
     axes = [a for a in leading if a in axes_seen] + sorted(axes_seen - set(leading))
     filters = parse_where(where, [*axes, "sweep", "run_id", "backbone", "stage", "seed"])
     dense = _DenseIndex([r for r in runs if r.state == "done"])
@@ -128,6 +128,6 @@ def build_report(
         (sum(r["speedup_paired"] for r in finetunes), len(finetunes)),
     )
     if paper:
-        report.paper = check_paper(report, margin)
+        report.paper = check_paper(report, runs, margin)
         report.paper.methods, report.paper.method_verdicts = compare_methods(run_rows, load_paper())
     return report

@@ -6,7 +6,7 @@ the tables' headers, and the line that cites the paper's reference values.
 from __future__ import annotations
 
 from ..axes import AXIS_HEADERS
-from ..presets import PRESETS
+from ..presets import OURS, PRESETS
 from .paper import HEADLINE, load_paper
 from .schema import (
     COLUMNS,
@@ -128,7 +128,7 @@ METHOD_HEADERS = (
 METHOD_VERDICT_HEADERS = (
     "metric",
     "prior methods",
-    "gap (prior − svit)",
+    f"gap (prior − {OURS})",
     "95 % CI",
     "seeds",
     "paper",

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 
+from ..axes import METHOD_AXIS, PRUNING_AXES
 from ..presets import OURS, PRESETS
 from .schema import MethodRow, MethodVerdict, cell, short_axis
 from .stats import t_interval
 
-METHOD = "method"
-_PRUNING = ("pruned_tokens", "reactivation", "rate", "selector", METHOD)
+_PRUNING = (*PRUNING_AXES, METHOD_AXIS)
 
 
 def _order(method: str) -> tuple:
@@ -58,7 +58,7 @@ def compare_methods(run_rows: list[dict], paper: dict) -> tuple[list[MethodRow],
     """The comparison rows and headline verdicts from the per-run rows (one per finished run)."""
     groups: dict[str, tuple[str, dict[str, list[dict]]]] = {}
     for r in run_rows:
-        method = r["axes"].get(METHOD)
+        method = r["axes"].get(METHOD_AXIS)
         if r["dense"] or method is None:
             continue
         key, label = _group(r)

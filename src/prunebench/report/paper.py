@@ -8,7 +8,6 @@ from functools import cache
 from pathlib import Path
 
 from .. import axes as facts
-from ..results import scan_results
 from ..zoo import is_eval, released_rows
 from .schema import Effect, PaperCheck, Report, Verdict
 
@@ -89,10 +88,11 @@ def _headline_row(label: str, row: dict) -> dict:
     }
 
 
-def headline(report: Report, paper: dict) -> list[dict]:
+def headline(report: Report, paper: dict, runs: list) -> list[dict]:
     """The paper's SViT and prior methods, the released checkpoints evaluated here (``prunebench
-    eval``), and this study's best pruned cell (highest Δ box AP) and its cell with the paper's
-    choice on every axis (evaluations of checkpoints are not cells of the study)."""
+    eval`` runs among the scanned ``runs``), and this study's best pruned cell (highest Δ box AP)
+    and its cell with the paper's choice on every axis (evaluations of checkpoints are not cells
+    of the study)."""
     dense, pruned, prior = paper["dense"], paper["pruned"], paper["prior"]
     out = [
         {
@@ -110,7 +110,7 @@ def headline(report: Report, paper: dict) -> list[dict]:
             "speedup_backbone": None,
         },
     ]
-    out += released_rows(scan_results(report.root))  # released checkpoints evaluated here
+    out += released_rows(runs)  # released checkpoints evaluated here
     cells = sorted(
         (r for r in report.rows if not r["dense"] and r["d_box_ap"] is not None and not is_eval(r["axes"])),
         key=lambda r: (r["d_box_ap"], r["speedup_full"] or 0),
@@ -130,8 +130,9 @@ def headline(report: Report, paper: dict) -> list[dict]:
     return out
 
 
-def check_paper(report: Report, margin: float = 0.5) -> PaperCheck:
-    """Verdicts on the paper's findings from ``report.effects`` and the headline comparison."""
+def check_paper(report: Report, runs: list, margin: float = 0.5) -> PaperCheck:
+    """Verdicts on the paper's findings from ``report.effects`` and the headline comparison
+    (``runs``: every run scanned for the report)."""
     if not margin > 0:
         raise ValueError(
             f"--margin {margin:g}: the equivalence margin must be a positive number of AP points"
@@ -148,4 +149,4 @@ def check_paper(report: Report, margin: float = 0.5) -> PaperCheck:
             verdicts.append(
                 Verdict(i, finding["claim"], axis, direction, metric, effect, *judge(effect, kind, margin))
             )
-    return PaperCheck(paper["source"], margin, verdicts, headline(report, paper))
+    return PaperCheck(paper["source"], margin, verdicts, headline(report, paper, runs))

@@ -9,7 +9,7 @@ import math
 from itertools import product
 from pathlib import Path
 
-from ..axes import PRUNING_AXES, impossible, value_label
+from ..axes import METHOD_AXIS, PRUNING_AXES, impossible, value_label
 from ..presets import PRESETS
 from .schema import Report
 
@@ -28,7 +28,6 @@ SHAPE_OF = {
 COLOUR_OF = {k: _COLOURS[i] for i, k in enumerate(product(PRUNING_AXES["rate"], PRUNING_AXES["selector"]))}
 _METHOD_COLOURS = ("black", "tab:red", "tab:cyan", "tab:olive", "tab:gray", "navy")
 METHOD_STYLE = {m: (_SHAPES[i % len(_SHAPES)], _METHOD_COLOURS[i % 6]) for i, m in enumerate(PRESETS)}
-METHOD = "method"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -43,19 +42,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def _style(row: dict) -> tuple[tuple, tuple]:
     a = row["axes"]
-    if a.get(METHOD) is not None:
-        return (METHOD, a[METHOD]), (METHOD, a[METHOD])
+    if a.get(METHOD_AXIS) is not None:
+        return (METHOD_AXIS, a[METHOD_AXIS]), (METHOD_AXIS, a[METHOD_AXIS])
     return (a.get("pruned_tokens"), a.get("reactivation")), (a.get("rate"), a.get("selector"))
 
 
 def _shape(key: tuple) -> str:
-    return METHOD_STYLE.get(key[1], ("X",))[0] if key[0] == METHOD else SHAPE_OF.get(key, "X")
+    return METHOD_STYLE.get(key[1], ("X",))[0] if key[0] == METHOD_AXIS else SHAPE_OF.get(key, "X")
 
 
 def _colour(key: tuple) -> str:
-    return (
-        METHOD_STYLE.get(key[1], ("", "tab:gray"))[1] if key[0] == METHOD else COLOUR_OF.get(key, "tab:gray")
-    )
+    if key[0] == METHOD_AXIS:
+        return METHOD_STYLE.get(key[1], ("", "tab:gray"))[1]
+    return COLOUR_OF.get(key, "tab:gray")
 
 
 def _name(axes: tuple[str, str], key: tuple) -> str:
@@ -131,10 +130,10 @@ def plot_pareto(report: Report, path: Path) -> int:
         ax.grid(alpha=0.3)
         ax.margins(x=0.08, y=0.08)
     legend = dict(fontsize=8, title_fontsize=8, frameon=False)
-    order = list(SHAPE_OF) + list(COLOUR_OF) + [(METHOD, m) for m in PRESETS]
-    methods = [k for k in shapes if k[0] == METHOD]
-    shapes = {k: v for k, v in shapes.items() if k[0] != METHOD}
-    colours = {k: v for k, v in colours.items() if k[0] != METHOD}
+    order = list(SHAPE_OF) + list(COLOUR_OF) + [(METHOD_AXIS, m) for m in PRESETS]
+    methods = [k for k in shapes if k[0] == METHOD_AXIS]
+    shapes = {k: v for k, v in shapes.items() if k[0] != METHOD_AXIS}
+    colours = {k: v for k, v in colours.items() if k[0] != METHOD_AXIS}
     rank = lambda k: order.index(k) if k in order else len(order)  # noqa: E731
     if methods:
         handles = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..axes import PRUNING_AXES
+from ..axes import METHOD_AXIS, PRUNING_AXES
 from ..results import Run
 from .schema import METRICS, axis_label
 from .stats import mean_sd
@@ -22,7 +22,7 @@ def _setting_label(run: Run, axes: list[str], multi_sweep: bool, multi_backbone:
     parts += [run.backbone or "?"] if multi_backbone else []
     if run.is_dense:
         parts.append("dense")
-    method = run.axes.get("method")
+    method = run.axes.get(METHOD_AXIS)
     if method is not None:  # a method names its four axes: show it and the other settings
         axes = [a for a in axes if a not in PRUNING_AXES]
     parts += [

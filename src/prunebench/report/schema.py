@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import axes as facts
-from ..axes import PRUNING_AXES
+from ..axes import METHOD_AXIS, PRUNING_AXES
 from ..results import Run
 from .stats import POWER, Interval
 
@@ -66,7 +66,7 @@ def cell(value: Any) -> str:
 
 def axis_label(axis: str, value: Any) -> str:
     """How one axis value reads in sentences and legends."""
-    if axis == "method":
+    if axis == METHOD_AXIS:
         return str(value)
     return facts.value_label(axis, value) if axis in PRUNING_AXES else f"{short_axis(axis)}={cell(value)}"
 

@@ -5,6 +5,7 @@ then the effects, notes, the paper's verdicts and headline, and the runs not don
 
 from __future__ import annotations
 
+from ..presets import OURS
 from ..results import STYLES, detail
 from .cells import (
     EFFECT_HEADERS,
@@ -181,12 +182,12 @@ def _print_methods(report: Report, console, Table, Text) -> None:
     for i, header in enumerate(METHOD_HEADERS):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i in (2, 3))
     for row in check.methods:
-        table.add_row(*(Text(c) for c in method_cells(row)), style="bold" if row.method == "svit" else "")
+        table.add_row(*(Text(c) for c in method_cells(row)), style="bold" if row.method == OURS else "")
     console.print(table)
     if check.method_verdicts:
         verdicts = Table(
-            title="Headline: do prior methods lose more than svit? (per seed: mean Δ of the prior "
-            "methods − svit's Δ; 95 % t-interval over seeds)",
+            title=f"Headline: do prior methods lose more than {OURS}? (per seed: mean Δ of the prior "
+            f"methods − {OURS}'s Δ; 95 % t-interval over seeds)",
             title_justify="left",
             header_style="bold",
         )

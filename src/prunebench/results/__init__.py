@@ -22,6 +22,7 @@ from .files import (
     is_finished,
     missing_metrics,
     read_json,
+    record_exception,
     record_failure,
     write_status,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "lock_holder",
     "missing_metrics",
     "read_json",
+    "record_exception",
     "record_failure",
     "run_lock",
     "scan_results",

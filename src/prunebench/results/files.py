@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,14 @@ def is_finished(run_dir: Path) -> bool:
     """The one rule of "finished": the run left a metrics.json with every required key non-null."""
     metrics = read_json(Path(run_dir) / METRICS_FILE)
     return metrics is not None and not missing_metrics(metrics)
+
+
+def record_exception(run_dir: Path, error: BaseException, log: str) -> dict:
+    """status.json after ``error`` ended the work on a run in this process: ``pending`` on Ctrl-C
+    (the run resumes), else ``failed``; with the error, its traceback's last lines and the log."""
+    tail = "".join(traceback.format_exception(error)[-6:])[-2000:]
+    state = "pending" if isinstance(error, KeyboardInterrupt) else "failed"
+    return write_status(run_dir, state, error=f"{type(error).__name__}: {error}", traceback=tail, log=log)
 
 
 def record_failure(run_dir: Path, error: str, keep: tuple[str, ...] = ("failed",), **extra: Any) -> dict:
