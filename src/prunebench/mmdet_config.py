@@ -233,6 +233,22 @@ def default_milestones(stage: str, length: int) -> list[int]:
     return sorted({min(length - 1, max(1, round(length * f))) for f in fractions if length > 1})
 
 
+def default_warmup(by_epoch: bool, length: int) -> int:
+    """Warm-up iterations when a grid gives none: MMDetection's 500 for epoch schedules, a tenth
+    of an iteration schedule (0, no warm-up, below 10 iterations)."""
+    return 500 if by_epoch else length // 10
+
+
+def warmup_schedulers(warmup: int) -> list[dict]:
+    """A linear warm-up over ``warmup`` iterations: iterations ``0 .. warmup-1`` ramp up from
+    0.001 of the lr and iteration ``warmup`` trains at the grid's lr. MMEngine's ``LinearLR``
+    reaches its end factor at step ``end - begin - 1``, hence ``end = warmup + 1`` (``end = 1``
+    would hold 0.001 for the whole run). ``warmup = 0``: no warm-up scheduler at all."""
+    if warmup <= 0:
+        return []
+    return [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup + 1)]
+
+
 def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
     by_epoch = "epochs" in sched
     length = sched["epochs"] if by_epoch else sched["iters"]
@@ -247,10 +263,9 @@ def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
         optim["clip_grad"] = dict(max_norm=sched["clip_grad"], norm_type=2) if sched["clip_grad"] else None
     if sched.get("amp"):
         optim.update(type="AmpOptimWrapper", loss_scale=dict(init_scale=AMP_INIT_SCALE))
-    warmup = sched.get("warmup_iters", 500 if by_epoch else max(1, length // 10))
+    warmup = sched.get("warmup_iters", default_warmup(by_epoch, length))
     milestones = sched.get("milestones") or default_milestones(stage, length)
-    cfg["param_scheduler"] = [
-        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=max(1, warmup)),
+    cfg["param_scheduler"] = warmup_schedulers(warmup) + [
         dict(type="MultiStepLR", by_epoch=by_epoch, begin=0, end=length, milestones=milestones, gamma=0.1),
     ]
     interval = sched.get("checkpoint_interval", 1 if by_epoch else max(1, length // 4))
