@@ -1,6 +1,8 @@
 """End-to-end: a tiny sweep really trains, tests and benchmarks; killed runs resume."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,21 +136,25 @@ def test_kill_9_of_the_sweep_then_rerun_resumes_with_one_job_at_a_time(tmp_path)
     assert log.count("bbox_mAP_copypaste") == 1  # tested (and finished) once
 
 
-def test_failed_run_skips_its_dependents_and_the_rest_go_on(tmp_path):
-    grid = make_grid(tmp_path)
-    grid.write_text(
-        grid.read_text() + "  model.backbone.embed_dim: [32, 33]\n"
-    )  # 33: not divisible by 2 heads
+def test_a_diverged_run_fails_its_finetune_is_skipped_and_the_rest_go_on(tmp_path):
+    grid = make_grid(tmp_path, dense_iters=6)
+    grid.write_text(grid.read_text() + "  optim_wrapper.optimizer.lr: [0.0001, 1.0e+6]\n")
     states = run_sweep(grid, tmp_path / "results")
     sweep_dir = tmp_path / "results" / "e2e"
     specs = {r: read_json(sweep_dir / r / "run.json") for r in states}
-    by_dim = {(s["stage"], s["axes"]["model.backbone.embed_dim"]): r for r, s in specs.items()}
-    assert states[by_dim["dense", 32]] == "done" and states[by_dim["finetune", 32]] == "done"
-    assert states[by_dim["dense", 33]] == "failed" and states[by_dim["finetune", 33]] == "skipped"
-    failed = read_json(sweep_dir / by_dim["dense", 33] / "status.json")
-    assert failed["state"] == "failed" and failed["error"] and failed["log"].endswith("train.log")
-    skipped = read_json(sweep_dir / by_dim["finetune", 33] / "status.json")
-    assert skipped["reason"] == f"dependency {by_dim['dense', 33]} failed"
+    by_lr = {(s["stage"], s["axes"]["optim_wrapper.optimizer.lr"]): r for r, s in specs.items()}
+    assert states[by_lr["dense", 1e-4]] == "done" and states[by_lr["finetune", 1e-4]] == "done"
+    assert states[by_lr["dense", 1e6]] == "failed" and states[by_lr["finetune", 1e6]] == "skipped"
+    error = read_json(sweep_dir / by_lr["dense", 1e6] / "status.json")["error"]
+    stopped = int(re.search(r"TrainingDiverged: training diverged at iteration (\d) of 6", error)[1])
+    assert stopped < 6 and "non-finite loss terms" in error and "Fix: lower the stage's lr" in error
+    assert not (sweep_dir / by_lr["dense", 1e6] / "metrics.json").exists()
+    skipped = read_json(sweep_dir / by_lr["finetune", 1e6] / "status.json")["reason"]
+    assert skipped.startswith(f"dependency {by_lr['dense', 1e6]} failed (TrainingDiverged: training diverged")
+    for run_id in (by_lr["dense", 1e-4], by_lr["finetune", 1e-4]):
+        text = (sweep_dir / run_id / "metrics.json").read_text()
+        metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+        assert metrics["checkpoint"] == f"work_dir/iter_{6 if run_id == by_lr['dense', 1e-4] else 2}.pth"
 
 
 @pytest.mark.parametrize("family", ["plain", "adapter"])

@@ -127,6 +127,27 @@ def test_a_checkpoint_without_record_needs_its_cell_and_arch(tmp_path, converted
     )
 
 
+def test_a_sweep_runs_own_checkpoint_points_at_its_config(tmp_path, converted, grid):
+    ckpt = torch.load(converted["fixed"], weights_only=True)
+    del ckpt["meta"]["prunebench"]
+    run = tmp_path / "smoke" / "dense-s0-abcdef"
+    (run / "work_dir").mkdir(parents=True)
+    (run / "config.py").write_text("model = dict()\n")
+    torch.save(ckpt, run / "work_dir" / "iter_4.pth")
+    out = []
+    for options in ([], ["--cell", "dense", "--arch", "deit-small"]):  # no loop between two errors
+        result = CliRunner().invoke(
+            app, ["eval", str(run / "work_dir" / "iter_4.pth"), "--data", str(grid), *options]
+        )
+        assert result.exit_code == 2
+        out.append(" ".join(result.output.split()))
+    for text in out:
+        assert (
+            "a checkpoint of the sweep run dense-s0-abcdef" in text and "--cell" not in text.split("Fix:")[1]
+        )
+        assert f"python tools/test.py {run / 'config.py'} {run / 'work_dir' / 'iter_4.pth'}" in text
+
+
 def test_an_official_checkpoint_must_be_converted_first(tmp_path):
     src = slim_official_file(tmp_path / "svit.pth", svit=True)
     with pytest.raises(

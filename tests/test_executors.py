@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -85,7 +86,10 @@ class ExecutorSuite:
         assert states == {runs[0].run_id: "failed", **{r.run_id: "skipped" for r in runs[1:]}}
         for ft in runs[1:]:
             status = read_json(tmp_path / "s" / ft.run_id / "status.json")
-            assert status["state"] == "skipped" and status["reason"] == f"dependency {runs[0].run_id} failed"
+            assert status["state"] == "skipped" and status["reason"].startswith(
+                f"dependency {runs[0].run_id} failed"
+            )
+            assert "fake failure at step 0" in status["reason"]  # with the parent's error
             assert not starts(tmp_path / "s" / ft.run_id)
 
     def test_rerun_resumes_from_the_last_checkpoint(self, tmp_path):
@@ -343,6 +347,25 @@ def test_a_detached_job_outlives_its_sweep_and_the_rerun_waits_for_it(tmp_path):
     assert start_sweep(tmp_path / "s").wait(60) == 0  # waits for the detached job, then the finetune
     assert [e["pid"] for e in starts(dense)] == [job]  # not started a second time
     assert is_finished(dense) and is_finished(tmp_path / "s" / runs[1].run_id)
+
+
+@pytest.mark.usefixtures("job_processes_see_tests")
+def test_sigterm_to_a_job_names_the_signal_and_a_rerun_resumes(tmp_path):
+    runs = make_fake_runs(tmp_path / "s", finetunes=1)
+    dense, ft = (tmp_path / "s" / r.run_id for r in runs)
+    set_fake(dense, steps=20, sleep=0.1)
+    sweep = start_sweep(tmp_path / "s")
+    wait_for(lambda: (read_json(dense / "fake_ckpt.json") or {}).get("step", 0) >= 2, 60, "2 checkpoints")
+    os.kill(read_json(dense / "status.json")["pid"], signal.SIGTERM)
+    assert sweep.wait(60) == 1
+    status = read_json(dense / "status.json")
+    assert status["state"] == "failed" and status["error"].startswith("killed by SIGTERM (signal 15)")
+    assert read_json(ft / "status.json")["reason"].startswith(
+        f"dependency {dense.name} failed (killed by SIGTERM"
+    )
+    set_fake(dense, steps=20)
+    assert start_sweep(tmp_path / "s").wait(60) == 0
+    assert read_json(dense / METRICS_FILE)["resumed_from"] >= 2 and is_finished(ft)
 
 
 @pytest.mark.usefixtures("job_processes_see_tests")

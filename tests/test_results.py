@@ -193,3 +193,40 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
         pass
     assert "no locks" in caplog.text
     assert lock_holder(tmp_path) is None
+
+
+def test_ctrl_c_leaves_a_pending_run_without_a_stale_error(tmp_path):
+    from prunebench.results import record_exception
+
+    record_exception(tmp_path, RuntimeError("boom"), "x.log")
+    status = record_exception(tmp_path, KeyboardInterrupt(), "x.log")
+    assert status["state"] == "pending" and "error" not in status and "traceback" not in status
+    assert status["reason"] == "interrupted (Ctrl-C); re-run the sweep to resume"
+
+
+def test_a_job_killed_by_a_signal_says_which():
+    from prunebench.results import exit_reason
+
+    assert exit_reason(1) == "exit code 1"
+    assert exit_reason(-15).startswith("killed by SIGTERM (signal 15); a re-run of the sweep resumes it")
+    assert exit_reason(-9).startswith("killed by SIGKILL (signal 9)")
+
+
+def test_report_on_an_empty_folder_is_an_error_and_bad_metrics_warn(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import build_run
+    from prunebench.cli import app
+
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "empty"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2 and "no run folders under" in result.output
+    assert not (tmp_path / "p.png").exists()
+    run = build_run(tmp_path / "s", "dense-s0-aaaaaa", box=30.0, mask=20.0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "mask_ap": "NaN"}))
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "s")], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert "warning: s/dense-s0-aaaaaa: metrics.json mask_ap is 'NaN', not a number" in " ".join(
+        result.output.split()
+    )

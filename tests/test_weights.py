@@ -117,6 +117,10 @@ def test_missing_and_unreadable_files(tmp_path):
     bad.write_text("not a checkpoint")
     with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
         load_pretrained(pruned("deit-tiny"), bad)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match="the file is empty .0 bytes.. Fix: download"):
+        load_pretrained(pruned("deit-tiny"), empty)
     partial = tmp_path / "partial.pth"
     torch.save({"patch_embed.proj.weight": torch.zeros(192, 3, 16, 16)}, partial)
     with pytest.raises(WeightsError, match="ViT tensors of the model are not in the file"):

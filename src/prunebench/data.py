@@ -280,12 +280,43 @@ def _checked_coco(root: Path | str, ann_file: Path | str, img_dir: Path | str) -
     coco = _load_coco_json(ann)
     if not coco["categories"]:
         raise ValueError(f"{ann} has no categories")
-    if coco["images"] and not (imgs / coco["images"][0]["file_name"]).exists():
-        raise FileNotFoundError(
-            f"image {imgs / coco['images'][0]['file_name']} (first in {ann}) not found; "
-            "check that the image folder matches the annotation file"
-        )
+    _check_images(coco["images"], ann, imgs)
+    _check_annotations(coco["annotations"], ann)
     return coco
+
+
+def _check_images(images: list, ann: Path, imgs: Path) -> None:
+    """Every image the annotation file lists is in the image folder (one listing of the folder)."""
+    if not images:
+        raise ValueError(f"{ann} lists no images; point data.*_ann at a non-empty split")
+    if not all(isinstance(im, dict) and isinstance(im.get("file_name"), str) for im in images):
+        raise ValueError(f"{ann}: an entry of `images` has no file_name; rebuild the annotation file")
+    present = set(os.listdir(imgs))
+    missing = [
+        im["file_name"]
+        for im in images
+        if im["file_name"] not in present and not (imgs / im["file_name"]).is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(images)} images of {ann} are not in {imgs} (first: "
+            f"{missing[0]}); check that the image folder matches the annotation file"
+        )
+
+
+def _check_annotations(annotations: list, ann: Path) -> None:
+    """Each annotation has what MMDetection's CocoDataset reads: image_id, category_id and a bbox
+    of four numbers."""
+    for i, a in enumerate(annotations):
+        box = a.get("bbox") if isinstance(a, dict) else None
+        lacking = [k for k in ("image_id", "category_id") if not isinstance(a, dict) or k not in a]
+        if box is None or not isinstance(box, list) or len(box) != 4:
+            lacking.append("bbox [x, y, w, h]")
+        if lacking:
+            raise ValueError(
+                f"{ann}: annotation {i} (id {a.get('id') if isinstance(a, dict) else '?'}) lacks "
+                f"{', '.join(lacking)}; COCO instances need them on every annotation (fix or drop it)"
+            )
 
 
 def coco_subset(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from .results import (
     WORK_DIR,
     RunLocked,
     atomic_write_json,
+    finite,
     is_finished,
     is_writer,
     read_json,
@@ -105,7 +107,7 @@ def _run_locked(run_dir: Path, launcher: str) -> dict:
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
     try:
-        metrics = _train_test_bench(run_dir, spec, launcher)
+        metrics = strict_metrics(_train_test_bench(run_dir, spec, launcher))
     except BaseException as e:
         if rank0:
             record_exception(run_dir, e, str(run_dir / LOG_FILE))
@@ -114,6 +116,21 @@ def _run_locked(run_dir: Path, launcher: str) -> dict:
         atomic_write_json(run_dir / METRICS_FILE, metrics)
         write_status(run_dir, "done", box_ap=metrics["box_ap"], mask_ap=metrics["mask_ap"])
     return metrics
+
+
+def strict_metrics(metrics: dict) -> dict:
+    """``metrics`` as strict JSON: each non-finite number becomes null and is named in a
+    ``warnings`` list. Raises RuntimeError when the box AP itself is not a number (the run failed)."""
+    clean, bad = finite(metrics)
+    if clean.get("box_ap") is None:
+        raise RuntimeError(
+            f"COCO box AP is {metrics.get('box_ap')}: the model made no usable detections "
+            f"(COCO metrics: {metrics.get('coco') or 'none'}). Fix: check train.log for a diverged "
+            "loss (lower the lr or set schedule.clip_grad), then re-run the sweep"
+        )
+    if bad:
+        clean["warnings"] = [f"{key} was not a finite number (written as null)" for key in bad]
+    return clean
 
 
 def load_run_config(run_dir: Path, spec: RunSpec, launcher: str):
@@ -125,14 +142,77 @@ def load_run_config(run_dir: Path, spec: RunSpec, launcher: str):
     cfg.work_dir = str(run_dir / WORK_DIR)
     cfg.launcher = launcher
     _check_world_size(cfg, run_dir / CONFIG_FILE, _world_size() if launcher != "none" else 1)
-    if (Path(cfg.work_dir) / "last_checkpoint").exists():
-        cfg.resume, cfg.load_from = True, None  # resume this run, not its dense parent
-    elif cfg.get("load_from") and not Path(cfg.load_from).exists():
-        raise FileNotFoundError(
-            f"dense checkpoint {cfg.load_from} not found: run the dense run "
-            f"{spec.depends_on} first (prunebench sweep runs it automatically)"
-        )
+    checkpoint, skipped = resume_point(run_dir / WORK_DIR)
+    if skipped and is_writer():
+        note = f"resuming from {checkpoint.name if checkpoint else 'the start'}: " + "; ".join(skipped)
+        print(f"prunebench: {note}", flush=True)
+        write_status(run_dir, "running", phase="setup", note=note)
+    if checkpoint is not None:  # resume this run (from its own folder, wherever it lies), not its parent
+        cfg.resume, cfg.load_from = True, str(checkpoint)
+    elif cfg.get("load_from") and spec.depends_on:
+        cfg.load_from = str(parent_checkpoint(run_dir, spec, Path(cfg.load_from).name))
     return cfg
+
+
+def parent_checkpoint(run_dir: Path, spec: RunSpec, name: str) -> Path:
+    """The dense parent's checkpoint ``name`` in the parent's folder beside this run (so a moved
+    results folder uses its own files). Raises ParentCheckpointError, naming the parent's run id,
+    the file and the fix, when it is missing or does not load."""
+    parent = spec.depends_on[0]
+    path = run_dir.parent / parent / WORK_DIR / name
+    redo = f"`prunebench sweep GRID --results {run_dir.parent.parent} --redo {parent}`"
+    if not path.is_file():
+        raise ParentCheckpointError(
+            f"the dense parent {parent} has no checkpoint {path}: run it first (`prunebench sweep` "
+            f"runs it automatically), or re-train it with {redo}"
+        )
+    problem = unreadable(path)
+    if problem:
+        raise ParentCheckpointError(
+            f"the checkpoint {path} of the dense parent {parent} does not load ({problem}). Fix: "
+            f"re-train the parent with {redo} (GRID: your grid file; its finetunes follow)"
+        )
+    return path
+
+
+class ParentCheckpointError(RuntimeError):
+    """A finetune's dense parent has no usable checkpoint."""
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``torch.load`` cannot read the checkpoint ``path`` (weights only), or None when it can."""
+    import torch
+
+    from .checkpoint import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    try:
+        torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # any damage: truncated zip, bad pickle, wrong file
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or ['no message'])[0][:160]}"
+    return None
+
+
+def resume_point(work_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest readable checkpoint of an interrupted run (None: start afresh) and, for each newer
+    one skipped, why. The newest is the one ``last_checkpoint`` names, looked up by file name in
+    ``work_dir`` itself, then the others by their iteration or epoch."""
+    marker = work_dir / "last_checkpoint"
+    if not marker.exists():
+        return None, []
+    named = work_dir / Path(marker.read_text().strip()).name
+    others = sorted(
+        (p for p in work_dir.glob("*.pth") if p != named and re.fullmatch(r"(iter|epoch)_\d+\.pth", p.name)),
+        key=lambda p: int(p.stem.split("_")[1]),
+        reverse=True,
+    )
+    skipped = []
+    for path in [named, *others]:
+        problem = unreadable(path) if path.is_file() else "missing"
+        if problem is None:
+            return path, skipped
+        skipped.append(f"{path.name} unreadable ({problem})")
+    return None, skipped
 
 
 def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
@@ -181,7 +261,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         "flops_g": bench["flops_g"],
         "keep_ratio": keep_stats,
         "train_time_s": round(train_time, 1),
-        "checkpoint": str(Path(cfg.work_dir) / _last_checkpoint(cfg.work_dir)),
+        "checkpoint": f"{WORK_DIR}/{_last_checkpoint(cfg.work_dir)}",  # relative to the run folder
         "env": run_env(),
     }
 

@@ -45,7 +45,7 @@ def load_base(grid: Grid) -> dict:
     if model["backbone"].get("type") not in FAMILIES.values():
         model["backbone"] = dict(type="PrunedViT", out_channels=model["neck"].get("out_channels", 256))
     imports = cfg.setdefault("custom_imports", dict(imports=[], allow_failed_imports=False))
-    for module in ("prunebench.models", *grid.imports):
+    for module in ("prunebench.models", "prunebench.hooks", *grid.imports):
         if module not in imports["imports"]:
             imports["imports"] = [*imports["imports"], module]
     for key in ("val_dataloader", "val_evaluator", "val_cfg"):  # each run is tested once at the end
@@ -275,6 +275,8 @@ def _set_schedule(cfg: dict, sched: dict, stage: str) -> None:
     if "log_interval" in sched:
         cfg["default_hooks"]["logger"]["interval"] = sched["log_interval"]
     cfg["log_processor"]["by_epoch"] = by_epoch
+    hooks = [h for h in cfg.get("custom_hooks") or [] if h.get("type") != "DivergenceHook"]
+    cfg["custom_hooks"] = [*hooks, dict(type="DivergenceHook", patience=3 if sched.get("amp") else 1)]
 
 
 def config_header(grid: Grid, spec: RunSpec, path: Path, cfg: dict) -> str:
@@ -304,6 +306,9 @@ def dump_config(cfg: dict, path: Path, header: str) -> None:
     lines = [f"# {line}" for line in header.splitlines()] + [""]
     for key, value in cfg.items():
         lines.append(f"{key} = {pprint.pformat(value, width=100, sort_dicts=False)}")
+    text = "\n".join(lines) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return  # unchanged: nothing to write (a finished sweep may live in a read-only folder)
     tmp = path.with_suffix(".py.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)

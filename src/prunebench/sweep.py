@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,17 @@ from rich.console import Console
 from rich.table import Table
 
 from .grid import Grid, GridError, load_grid
-from .results import CONFIG_FILE, RUN_FILE, STATUS_FILE, atomic_write_json, read_json, write_status
+from .grid.checks import check_backbones, check_data_sizes
+from .results import (
+    CONFIG_FILE,
+    RUN_FILE,
+    STATUS_FILE,
+    RunLocked,
+    atomic_write_json,
+    read_json,
+    write_status,
+)
+from .results.reset import reset_runs
 from .spec import RunSpec, expand
 
 HEADERS = {"pruned_tokens": "tokens", "reactivation": "react", "model.backbone.arch": "arch"}
@@ -98,6 +109,7 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results", 
     grid = grid_path if isinstance(grid_path, Grid) else load_grid(grid_path)
     runs, excluded = expand(grid)
     sweep_dir = Path(results_root).resolve() / grid.name
+    check_data_sizes(grid)
     data_root, classes = resolve_data(grid)
     base = load_base(grid)
     _check_dotted_keys(grid, base)
@@ -111,17 +123,26 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results", 
             raise GridError(
                 f"{grid.path}: {e.args[0]}. Fix: correct the dotted key under `axes` or `overrides`"
             ) from None
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(grid.path, sweep_dir / "grid.yaml")
-    for spec in runs:
-        run_dir = sweep_dir / spec.run_id
-        run_dir.mkdir(exist_ok=True)
-        if read_json(run_dir / RUN_FILE) != spec.to_json():
-            atomic_write_json(run_dir / RUN_FILE, spec.to_json())
-        cfg, path = configs[spec.run_id], run_dir / CONFIG_FILE
-        dump_config(cfg, path, config_header(grid, spec, path, cfg))
-        if not (run_dir / STATUS_FILE).exists():
-            write_status(run_dir, "pending")
+    check_backbones(grid, configs, {spec.run_id: spec.axes for spec in runs})
+    try:  # only what changed is written: a finished sweep re-runs on a read-only folder
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        copy = sweep_dir / "grid.yaml"
+        if not copy.is_file() or copy.read_bytes() != grid.path.read_bytes():
+            shutil.copyfile(grid.path, copy)
+        for spec in runs:
+            run_dir = sweep_dir / spec.run_id
+            run_dir.mkdir(exist_ok=True)
+            if read_json(run_dir / RUN_FILE) != spec.to_json():
+                atomic_write_json(run_dir / RUN_FILE, spec.to_json())
+            cfg, path = configs[spec.run_id], run_dir / CONFIG_FILE
+            dump_config(cfg, path, config_header(grid, spec, path, cfg))
+            if not (run_dir / STATUS_FILE).exists():
+                write_status(run_dir, "pending")
+    except OSError as e:
+        raise PermissionError(
+            f"cannot write the run folders under {sweep_dir} ({e.strerror or e}: {e.filename}). Fix: "
+            "make the results folder writable or pass another one with --results"
+        ) from None
     return Sweep(grid, runs, excluded, sweep_dir)
 
 
@@ -150,15 +171,23 @@ def run_sweep(
     executor_options: dict | None = None,
     dry_run: bool = False,
     console: Console | None = None,
+    redo: Sequence[str] = (),
 ) -> dict[str, str]:
     """Prepare the sweep, print the plan, then run it (unless ``dry_run``); returns run id -> state.
     ``executor_options``: the executor's keyword arguments; for ``slurm``, resources given (not
-    None) override the grid's ``slurm:`` section."""
+    None) override the grid's ``slurm:`` section. ``redo``: run ids trained again, with every run
+    that depends on them (:func:`~prunebench.results.reset.reset_runs`)."""
     console = console or Console(width=None if Console().is_terminal else 160)
     check_results_root(results_root)
     grid = load_grid(grid_path)
     runner = make_executor(executor, grid, executor_options)  # bad options fail before anything is written
     sweep = prepare(grid, results_root, gpus=runner.gpus_per_run)
+    if redo and not dry_run:
+        try:
+            again = reset_runs(sweep.sweep_dir, redo, [s.run_id for s in sweep.runs])
+        except (ValueError, RunLocked) as e:
+            raise GridError(str(e)) from None
+        console.print(f"--redo: {len(again)} run(s) reset to pending: {', '.join(again)}", highlight=False)
     console.print(plan_table(sweep))
     reasons: dict[str, list[dict]] = {}
     for cell, reason in sweep.excluded:

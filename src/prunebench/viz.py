@@ -25,7 +25,7 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     marker = work / "last_checkpoint"
     if marker.is_file():
         named = Path(marker.read_text().strip())
-        for path in (named, work / named.name):  # the marker may hold another machine's path
+        for path in (work / named.name, named):  # the marker may hold another folder's path
             if path.is_file():
                 return path
     ckpts = sorted(work.glob("*.pth"), key=lambda p: p.stat().st_mtime)

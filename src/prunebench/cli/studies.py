@@ -11,12 +11,13 @@ from .main import STUDY, app, fail
 
 
 def _grid_errors(fn, *args, **kwargs):
-    """Call ``fn``; a GridError, missing file or not-a-folder error becomes one clear line and exit 2."""
+    """Call ``fn``; a GridError, missing file, not-a-folder or unwritable-folder error becomes one
+    clear line and exit 2."""
     from ..grid import GridError
 
     try:
         return fn(*args, **kwargs)
-    except (GridError, FileNotFoundError, NotADirectoryError) as e:
+    except (GridError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         raise fail(e) from None
 
 
@@ -49,6 +50,13 @@ def sweep(
         help="Local: jobs go on if this command dies or is interrupted "
         "(without it they end with it); re-running the sweep waits for them.",
     ),
+    redo: Optional[list[str]] = typer.Option(
+        None,
+        "--redo",
+        metavar="RUN_ID",
+        help="Train this run again (its metrics and checkpoints are deleted), with every run "
+        "that depends on it; repeatable.",
+    ),
 ) -> None:
     """Run a whole ablation study: grid -> MMDetection configs -> train -> COCO eval -> latency.
 
@@ -76,7 +84,13 @@ def sweep(
             wait=wait,
         )
     states = _grid_errors(
-        run_sweep, grid, results, executor=executor, executor_options=options, dry_run=dry_run
+        run_sweep,
+        grid,
+        results,
+        executor=executor,
+        executor_options=options,
+        dry_run=dry_run,
+        redo=redo or (),
     )
     if any(s == "failed" for s in (states or {}).values()):
         raise typer.Exit(1)

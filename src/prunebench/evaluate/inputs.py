@@ -75,6 +75,14 @@ def model_record(state: dict, meta: dict, path: Path, cell: str | None, arch: st
     from ..models.official_settings import check_arch
 
     record = meta.get("prunebench")
+    run_dir = path.parent.parent if path.parent.name == "work_dir" else None
+    if not record and run_dir is not None and (run_dir / "config.py").is_file():
+        raise EvalError(
+            f"{path}: a checkpoint of the sweep run {run_dir.name}, whose model (its width, "
+            "schedule and selectors) only that run's config.py describes, not --cell / --arch. Fix: "
+            f"its COCO metrics are in {run_dir / 'metrics.json'} (`prunebench report`); to test it "
+            f"again, run MMDetection's `python tools/test.py {run_dir / 'config.py'} {path}`"
+        )
     if arch is not None:
         check_arch(state, arch, path)
     if record:

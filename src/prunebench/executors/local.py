@@ -23,10 +23,12 @@ from ..results import (
     LOG_FILE,
     STATUS_FILE,
     LockHolder,
+    exit_reason,
     is_finished,
     lock_holder,
     read_json,
     record_failure,
+    skip_reason,
     write_status,
 )
 from .base import DEFAULT_JOB_FN, Executor, load_job_fn
@@ -144,7 +146,7 @@ class LocalExecutor(Executor):
             bad = [d for d in spec.depends_on if states.get(d) in ("failed", "skipped")]
             if bad:
                 states[spec.run_id] = "skipped"
-                reason = f"dependency {bad[0]} {states[bad[0]]}"
+                reason = skip_reason(sweep_dir / bad[0], states[bad[0]])
                 if not lock_holder(run_dir):
                     write_status(run_dir, "skipped", reason=reason)
                 self.console.log(f"[yellow]skipped[/] {spec.run_id}: {reason}")
@@ -224,7 +226,7 @@ class LocalExecutor(Executor):
             states[run_id] = "failed"
             status = record_failure(
                 run_dir,
-                f"exit code {proc.returncode}",
+                exit_reason(proc.returncode),
                 traceback=_log_tail(run_dir / LOG_FILE),
                 log=str(run_dir / LOG_FILE),
             )

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..configs import TEMPLATES, base_path
+from .checks import check_name, check_warmup, read_text, safe_load
 from .methods import check_imports, check_method_depth
 from .schema import SECTIONS, SLURM_KEYS, Grid, GridError, _Checker, _key_lines
 from .sections import (
@@ -30,9 +31,9 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(
             f"{path}: grid file not found. Fix: pass the path of a grid YAML such as ablations/smoke.yaml"
         )
-    text = path.read_text()
+    text = read_text(path)
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text, path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -54,6 +55,7 @@ def load_grid(path: str | Path) -> Grid:
     name = str(c.typed("name", raw["name"], str, "a folder name"))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise c.fail("name", f"{name!r} is not a safe folder name", "use letters, digits, - _ .")
+    check_name(c, name)
     base = str(c.typed("base", raw.get("base", "mask-rcnn-vit"), str, "a template name or path"))
     if base_path(path, base) is None:
         raise c.fail(
@@ -65,6 +67,7 @@ def load_grid(path: str | Path) -> Grid:
     backbone = _check_backbone(c, raw.get("backbone"), path)
     data = _check_data(c, raw.get("data"))
     schedule = _check_schedule(c, raw.get("schedule"))
+    check_warmup(c, schedule)
     bench = _check_bench(c, raw.get("bench"))
     slurm = c.known("slurm", raw.get("slurm"), SLURM_KEYS)
     axes = _check_axes(c, raw.get("axes"))

@@ -65,13 +65,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: the file is empty (0 bytes). Fix: download the checkpoint again")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
+        first = (str(e).strip().splitlines() or ["no message"])[0][:200]
         raise WeightsError(
-            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). Fix: use the official DeiT .pth, a "
-            "timm state dict or a .safetensors file"
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first}). Fix: use "
+            "the official DeiT .pth, a timm state dict or a .safetensors file"
         ) from None
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..axes import METHOD_AXIS, PRUNING_AXES
-from ..results import Run, scan_results
+from ..results import Run, metric_warnings, scan_results
 from .effects import compute_effects
 from .methods import compare_methods
 from .paper import check_paper, load_paper
@@ -127,6 +127,7 @@ def build_report(
         Counter(s for r in done if (s := timing_setup(r))),
         (sum(r["speedup_paired"] for r in finetunes), len(finetunes)),
     )
+    report.metric_warnings = metric_warnings(done)
     if paper:
         report.paper = check_paper(report, runs, margin)
         report.paper.methods, report.paper.method_verdicts = compare_methods(run_rows, load_paper())

@@ -46,9 +46,12 @@ def run_report(
         return 2
     if not report.rows and not report.not_done:
         err.print(
-            f"[yellow]warning:[/] no run folders under {escape(str(root))} "
-            "(expected <sweep>/<run_id>/status.json)"
+            f"[red]error:[/] no run folders under {escape(str(root))} (expected "
+            "<sweep>/<run_id>/status.json); run `prunebench sweep GRID` first, or pass its --results folder"
         )
+        return 2
+    for warning in report.metric_warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:

@@ -183,6 +183,7 @@ class Report:
     timing: Counter = field(default_factory=Counter)  # latency setup ("cpu, float32, 2 threads") -> runs
     paired: tuple[int, int] = (0, 0)  # finetunes with a same-process speed-up, finished finetunes
     paper: PaperCheck | None = None  # with ``--paper``
+    metric_warnings: list[str] = field(default_factory=list)  # done runs with a metric that is not a number
 
     def notes(self) -> list[str]:
         """Warnings every format prints below the effects: one seed, mixed timing setups, where

@@ -19,15 +19,28 @@ from .files import (
     STATUS_FILE,
     WORK_DIR,
     atomic_write_json,
+    exit_reason,
+    finite,
     is_finished,
     missing_metrics,
     read_json,
     record_exception,
     record_failure,
+    skip_reason,
     write_status,
 )
 from .lock import EXIT_LOCKED, LOCK_FILE, LockHolder, RunLocked, is_writer, lock_holder, run_lock, writer_lock
-from .runs import CORRUPT, MISSING, STYLES, Run, detail, fmt_duration, load_run, scan_results
+from .runs import (
+    CORRUPT,
+    MISSING,
+    STYLES,
+    Run,
+    detail,
+    fmt_duration,
+    load_run,
+    metric_warnings,
+    scan_results,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -48,17 +61,21 @@ __all__ = [
     "RunLocked",
     "atomic_write_json",
     "detail",
+    "exit_reason",
+    "finite",
     "fmt_duration",
     "is_finished",
     "is_writer",
     "load_run",
     "lock_holder",
+    "metric_warnings",
     "missing_metrics",
     "read_json",
     "record_exception",
     "record_failure",
     "run_lock",
     "scan_results",
+    "skip_reason",
     "write_status",
     "writer_lock",
 ]

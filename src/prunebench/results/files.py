@@ -7,7 +7,9 @@ the one rule of "finished", and a failure recorded for a process that could not 
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import tempfile
 import time
 import traceback
@@ -27,14 +29,29 @@ STATES = ("pending", "running", "done", "failed", "skipped")
 REQUIRED_METRICS = ("box_ap", "latency_ms")  # a metrics.json without one of these is incomplete
 
 
+def finite(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``data`` with every non-finite float (NaN, inf) replaced by None, and the dotted keys of
+    those replaced: strict JSON has no NaN."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where or "(value)"]
+    if isinstance(data, dict):
+        pairs = [(k, finite(v, f"{where}.{k}" if where else str(k))) for k, v in data.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, bad) in pairs for p in bad]
+    if isinstance(data, (list, tuple)):
+        items = [finite(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [v for v, _ in items], [p for _, bad in items for p in bad]
+    return data, []
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that readers never see a half-written file."""
+    """Write strict JSON (non-finite numbers as null: :func:`finite`) so that readers never see a
+    half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            json.dump(finite(data)[0], f, indent=2, sort_keys=False, default=str, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -75,10 +92,33 @@ def is_finished(run_dir: Path) -> bool:
 
 def record_exception(run_dir: Path, error: BaseException, log: str) -> dict:
     """status.json after ``error`` ended the work on a run in this process: ``pending`` on Ctrl-C
-    (the run resumes), else ``failed``; with the error, its traceback's last lines and the log."""
+    (the run resumes; no error recorded, a reason says so), else ``failed``; with the error, its
+    traceback's last lines and the log."""
+    if isinstance(error, KeyboardInterrupt):
+        return write_status(
+            run_dir, "pending", reason="interrupted (Ctrl-C); re-run the sweep to resume", log=log
+        )
     tail = "".join(traceback.format_exception(error)[-6:])[-2000:]
-    state = "pending" if isinstance(error, KeyboardInterrupt) else "failed"
-    return write_status(run_dir, state, error=f"{type(error).__name__}: {error}", traceback=tail, log=log)
+    return write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}", traceback=tail, log=log)
+
+
+def exit_reason(code: int) -> str:
+    """How a job process ended, for status.json: its exit code, or the signal that killed it."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name} (signal {-code}); a re-run of the sweep resumes it from its last checkpoint"
+
+
+def skip_reason(parent_dir: Path, state: str) -> str:
+    """Why a run is skipped when its dependency ``parent_dir`` ended in ``state``: that, with the
+    first line of the parent's recorded error."""
+    error = str((read_json(Path(parent_dir) / STATUS_FILE) or {}).get("error") or "").strip()
+    first = error.splitlines()[0][:200] if error else ""
+    return f"dependency {Path(parent_dir).name} {state}" + (f" ({first})" if first else "")
 
 
 def record_failure(run_dir: Path, error: str, keep: tuple[str, ...] = ("failed",), **extra: Any) -> dict:

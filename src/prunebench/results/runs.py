@@ -91,6 +91,21 @@ class Run:
         return _num(m.get(name))
 
 
+def metric_warnings(runs: list[Run]) -> list[str]:
+    """What a report shows as "—" although the run is done: a box or mask AP that is not a finite
+    number, and the warnings the job recorded in metrics.json (non-finite values written as null)."""
+    out = []
+    for run in runs:
+        m = run.metrics or {}
+        name = f"{run.sweep}/{run.run_id}"
+        for key in ("box_ap", "mask_ap"):
+            if m.get(key) is not None and _num(m[key]) is None:
+                out.append(f"{name}: {METRICS_FILE} {key} is {m[key]!r}, not a number (shown as —)")
+        notes = m.get("warnings")
+        out += [f"{name}: {w}" for w in notes if isinstance(w, str)] if isinstance(notes, list) else []
+    return out
+
+
 def _load(path: Path, names: set[str], name: str) -> tuple[dict | None, str | None]:
     """(object, problem): (None, None) when absent, (None, reason) when unusable."""
     if name not in names:
@@ -230,7 +245,7 @@ def detail(run: Run, states: dict[str, str] | None = None) -> str:
         return run.problem
     if run.state == "failed":
         tail = _last_line(s.get("error")) or "no error recorded"
-        if tail.startswith("exit code") and _last_line(s.get("traceback")):
+        if tail.startswith(("exit code", "killed by")) and _last_line(s.get("traceback")):
             tail += f": {_last_line(s.get('traceback'))}"
         return f"{tail}  (log: {s.get('log') or run.path / 'train.log'})"
     if run.state == "running":

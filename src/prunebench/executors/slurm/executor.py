@@ -28,6 +28,7 @@ from ...results import (
     lock_holder,
     read_json,
     record_failure,
+    skip_reason,
     write_status,
 )
 from ..base import DEFAULT_JOB_FN, Executor, load_job_fn
@@ -301,7 +302,7 @@ class SlurmExecutor(Executor):
         if state is not None and state.phase is Phase.NEVER:  # a dependency failed: it would wait forever
             submitter.cancel(jid)
             bad = [d for d in deps if final.get(d) in ("failed", "skipped")]
-            why = f"dependency {bad[0]} {final[bad[0]]}" if bad else f"Slurm: {state.reason}"
+            why = skip_reason(run_dir.parent / bad[0], final[bad[0]]) if bad else f"Slurm: {state.reason}"
             write_status(run_dir, "skipped", reason=why)
             self._log(f"[yellow]skipped[/] {rid}: {why}")
             return "skipped"
