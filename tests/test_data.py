@@ -204,7 +204,10 @@ def test_check_coco_messages(fake_coco, tmp_path):
     with pytest.raises(ValueError, match=r"nocats.json is not a COCO instances file: no categories"):
         data.check_coco(fake_coco, "nocats.json", img)
     (fake_coco / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"first in .* not found; check that the image folder"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"20 of the 20 images of .* are not in .*empty .first: .*check that the image folder",
+    ):
         data.check_coco(fake_coco, ann, "empty")
 
 

@@ -84,3 +84,22 @@ def test_report_warns_about_metrics_that_are_not_numbers(tmp_path):
         "s/dense-s0-aaaaaa: metrics.json mask_ap is 'n/a', not a number (shown as —)",
         "s/dense-s0-aaaaaa: coco.segm_mAP was not a finite number (written as null)",
     ]
+
+
+def test_status_shows_a_diverged_run_as_failed_with_iteration_and_fix(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from conftest import build_run
+    from prunebench.status import print_status
+
+    error = (
+        "TrainingDiverged: training diverged at iteration 3 of 450 at lr 1e+06: non-finite loss terms "
+        "loss=nan, loss_cls=nan. Fix: lower the stage's lr (schedule.dense.lr / schedule.finetune.lr) "
+        "or clip gradients (schedule.clip_grad: 1.0), then re-run the sweep"
+    )
+    build_run(tmp_path / "s", "dense-s0-aaaaaa", state="failed", error=error, log="train.log")
+    out = io.StringIO()
+    print_status(tmp_path / "s", Console(file=out, width=1000))
+    assert f"failed    {error}  (log: train.log)" in out.getvalue()

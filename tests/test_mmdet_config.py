@@ -43,7 +43,7 @@ def test_paper_schedule_in_generated_configs(tmp_path):
     assert (opt.optimizer.lr, opt.optimizer.weight_decay) == (1e-4, 0.05)
     assert opt.paramwise_cfg.norm_decay_mult == 0 and opt.paramwise_cfg.bias_decay_mult == 0
     assert opt.paramwise_cfg.custom_keys["pos_embed"]["decay_mult"] == 0
-    assert dense.param_scheduler[0]["end"] == 500 and dense.param_scheduler[1]["milestones"] == [27, 33]
+    assert dense.param_scheduler[0]["end"] == 501 and dense.param_scheduler[1]["milestones"] == [27, 33]
     assert dense.train_cfg.max_epochs == 36 and dense.train_dataloader.batch_size == 16
     assert dense.model.backbone.pretrained == str(tmp_path / "deit.pth")
     train_types = [step["type"] for step in dense.train_dataloader.dataset.pipeline]

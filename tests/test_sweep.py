@@ -49,7 +49,7 @@ def test_prepare_writes_loadable_configs(tmp_path):
     assert cfg.train_cfg == dict(type="IterBasedTrainLoop", max_iters=2, val_interval=3)
     assert cfg.optim_wrapper.optimizer.weight_decay == 0.01
     assert cfg.model.roi_head.bbox_head.num_classes == 2
-    assert cfg.custom_imports.imports == ["prunebench.models"]
+    assert cfg.custom_imports.imports == ["prunebench.models", "prunebench.hooks"]
     assert Path(cfg.test_evaluator.ann_file).is_file()
     dense_cfg = Config.fromfile(str(sweep.sweep_dir / dense.run_id / "config.py"))
     assert dense_cfg.model.backbone.prune_layers == [] and dense_cfg.load_from is None

@@ -228,7 +228,7 @@ def _fmt(value, fmt: str) -> str:
 
 def _last_line(text) -> str:
     lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
-    return lines[-1][-120:] if lines else ""
+    return lines[-1][-400:] if lines else ""
 
 
 def detail(run: Run, states: dict[str, str] | None = None) -> str:
