@@ -14,7 +14,14 @@ import pytest
 # log-file handlers included, after which init_weights fails writing to them).
 import submitit  # noqa: F401
 
-from prunebench.results import METRICS_FILE, atomic_write_json, is_finished, read_json, write_status
+from prunebench.results import (
+    METRICS_FILE,
+    atomic_write_json,
+    is_finished,
+    read_json,
+    record_exception,
+    write_status,
+)
 
 DENSE_AXES = {"pruned_tokens": None, "reactivation": None, "rate": None, "selector": None}
 
@@ -131,8 +138,8 @@ def fake_job(run_dir, launcher="none"):
             progress = dict(phase="train", iter=step + 1, max_iters=steps, loss=1 / (step + 1))
             eta_s = sleep * (steps - step - 1)
             write_status(run_dir, "running", pid=os.getpid(), resumed_from=start, eta_s=eta_s, **progress)
-    except Exception as e:
-        write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+    except BaseException as e:  # as run_job: Ctrl-C leaves the run pending, an error fails it
+        record_exception(run_dir, e, str(run_dir / "train.log"))
         raise
     metrics = {
         "run_id": run_dir.name,

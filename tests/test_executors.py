@@ -369,6 +369,22 @@ def test_sigterm_to_a_job_names_the_signal_and_a_rerun_resumes(tmp_path):
 
 
 @pytest.mark.usefixtures("job_processes_see_tests")
+def test_ctrl_c_of_the_sweep_leaves_its_job_pending_without_an_error_and_a_rerun_resumes(tmp_path):
+    runs = make_fake_runs(tmp_path / "s", finetunes=1)
+    dense = tmp_path / "s" / runs[0].run_id
+    set_fake(dense, steps=20, sleep=0.1)
+    sweep = start_sweep(tmp_path / "s")
+    wait_for(lambda: (read_json(dense / "fake_ckpt.json") or {}).get("step", 0) >= 2, 60, "2 checkpoints")
+    sweep.send_signal(signal.SIGINT)
+    sweep.wait(60)
+    status = read_json(dense / "status.json")
+    assert status["state"] == "pending" and "error" not in status and "interrupted" in status["reason"]
+    set_fake(dense, steps=20)
+    assert start_sweep(tmp_path / "s").wait(60) == 0
+    assert read_json(dense / METRICS_FILE)["resumed_from"] >= 2
+
+
+@pytest.mark.usefixtures("job_processes_see_tests")
 def test_two_sweeps_on_one_folder_run_each_run_once(tmp_path):
     runs = make_fake_runs(tmp_path / "s", finetunes=3, steps=3, sleep=0.1)
     sweeps = [start_sweep(tmp_path / "s") for _ in range(2)]
