@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from prunebench.cli import app
+from prunebench.grid import GridError
 from prunebench.job import ParentCheckpointError, load_run_config
 from prunebench.results import METRICS_FILE, read_json
 from prunebench.results.reset import reset_runs
@@ -93,5 +96,20 @@ def test_redo_resets_a_run_and_its_dependants(sweep, tmp_path):
         run_dir = sweep.sweep_dir / spec.run_id
         assert not (run_dir / METRICS_FILE).exists() and not (run_dir / "work_dir").exists()
         assert read_json(run_dir / "status.json")["state"] == "pending"
-    with pytest.raises(Exception, match="--redo nope: not a run of this sweep"):
-        run_sweep(sweep.grid.path, tmp_path / "results", dry_run=False, redo=["nope"])
+    with pytest.raises(GridError, match="--redo nope: not a run of this sweep"):
+        run_sweep(sweep.grid.path, tmp_path / "results", redo=["nope"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            str(sweep.grid.path),
+            "--results",
+            str(tmp_path / "results"),
+            "--dry-run",
+            "--redo",
+            dense.run_id,
+        ],
+    )
+    assert (
+        result.exit_code == 0 and f"--redo: 2 run(s) would reset (dry run): {dense.run_id}, " in result.output
+    )

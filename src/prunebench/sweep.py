@@ -182,12 +182,13 @@ def run_sweep(
     grid = load_grid(grid_path)
     runner = make_executor(executor, grid, executor_options)  # bad options fail before anything is written
     sweep = prepare(grid, results_root, gpus=runner.gpus_per_run)
-    if redo and not dry_run:
+    if redo:
         try:
-            again = reset_runs(sweep.sweep_dir, redo, [s.run_id for s in sweep.runs])
+            again = reset_runs(sweep.sweep_dir, redo, [s.run_id for s in sweep.runs], dry_run)
         except (ValueError, RunLocked) as e:
             raise GridError(str(e)) from None
-        console.print(f"--redo: {len(again)} run(s) reset to pending: {', '.join(again)}", highlight=False)
+        done = "would reset (dry run)" if dry_run else "reset to pending"
+        console.print(f"--redo: {len(again)} run(s) {done}: {', '.join(again)}", highlight=False)
     console.print(plan_table(sweep))
     reasons: dict[str, list[dict]] = {}
     for cell, reason in sweep.excluded:

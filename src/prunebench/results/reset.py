@@ -25,10 +25,12 @@ def dependants(sweep_dir: Path, run_ids: Iterable[str]) -> list[str]:
     return out
 
 
-def reset_runs(sweep_dir: Path, run_ids: Iterable[str], known: Iterable[str]) -> list[str]:
+def reset_runs(
+    sweep_dir: Path, run_ids: Iterable[str], known: Iterable[str], dry_run: bool = False
+) -> list[str]:
     """Reset ``run_ids`` (runs of this sweep: ``known``) and their dependants to pending; returns
-    the run ids reset. Raises ValueError for an unknown id and RunLocked (nothing of that run
-    deleted) when a live process runs one."""
+    the run ids reset (``dry_run``: that would be, touching nothing). Raises ValueError for an
+    unknown id and RunLocked (nothing of that run deleted) when a live process runs one."""
     known = set(known)
     unknown = [r for r in run_ids if r not in known]
     if unknown:
@@ -36,7 +38,7 @@ def reset_runs(sweep_dir: Path, run_ids: Iterable[str], known: Iterable[str]) ->
             f"--redo {unknown[0]}: not a run of this sweep; its runs: {', '.join(sorted(known))}"
         )
     reset = dependants(sweep_dir, run_ids)
-    for run_id in reset:
+    for run_id in [] if dry_run else reset:
         run_dir = Path(sweep_dir) / run_id
         with run_lock(run_dir):
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
