@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from timm.models.vision_transformer import Block
 
-from .methods.tokens import feed_forward
+from .methods.tokens import attention_residual, feed_forward, queries_keys_values
 
 __all__ = ["MASKINGS", "softmax_with_policy", "policy_block"]
 
@@ -50,15 +50,7 @@ def policy_block(blk: Block, x: torch.Tensor, policy: torch.Tensor, hard: torch.
     """``blk`` on all tokens of ``x`` (B, N, D) with DynamicViT's attention under ``policy``
     (B, N: straight-through keep decision); the tokens outside ``hard`` (bool (B, N)) keep their
     value."""
-    attn = blk.attn
-    if attn.gate is not None:
-        raise ValueError("gated attention is not supported by DynamicViT's masking")
-    B, N, _ = x.shape
-    qkv = attn.qkv(blk.norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    weights = attn.attn_drop(softmax_with_policy((q * attn.scale) @ k.transpose(-2, -1), policy))
-    out = (weights @ v).transpose(1, 2).reshape(B, N, attn.attn_dim)
-    out = attn.proj_drop(attn.proj(attn.norm(out)))
-    y = feed_forward(blk, x + blk.drop_path1(blk.ls1(out)))
+    q, k, v = queries_keys_values(blk, x)
+    weights = blk.attn.attn_drop(softmax_with_policy((q * blk.attn.scale) @ k.transpose(-2, -1), policy))
+    y = feed_forward(blk, attention_residual(blk, x, weights @ v))
     return torch.where(hard.unsqueeze(-1), y, x)
