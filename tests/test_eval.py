@@ -238,3 +238,25 @@ def test_gumbel_with_a_seed_is_reproducible(converted, grid, tmp_path):
         assert first[key] == again[key], key
     assert first["keep_ratio"]["per_layer"] != other["keep_ratio"]["per_layer"]
     assert first["axes"]["selector_inference"] == "gumbel" and first["run_id"] == again["run_id"]
+
+
+@pytest.mark.slow
+def test_fp16_runs_the_whole_detector_under_autocast_as_the_official_test(
+    converted, grid, tmp_path, monkeypatch
+):
+    from prunebench.models import PrunedViTAdapter
+
+    seen = []
+    forward = PrunedViTAdapter.forward
+
+    def spy(self, img):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, img)
+
+    monkeypatch.setattr(PrunedViTAdapter, "forward", spy)
+    metrics = run_eval(
+        converted["fixed"], str(grid), tmp_path, bench={**QUICK, "dtype": "fp16"}, console=quiet()
+    )
+    assert seen[:3] == [(True, torch.float16)] * 3  # the three COCO test images, backbone included
+    assert metrics["eval"]["dtype"] == "fp16" and metrics["latency_ms"]["dtype"] == "fp16"
+    assert "-fp16-s0-" in metrics["run_id"]

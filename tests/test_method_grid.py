@@ -23,7 +23,7 @@ schedule: {{dense: {{iters: 2}}, finetune: {{iters: 1}}}}
 axes:
   method: {methods}
 {extra}"""
-ALL = "[svit, dynamicvit, dynamicvit-preserve, evit, evo-vit, ats]"
+ALL = "[svit, dynamicvit, dynamicvit-preserve, evit, evo-vit, ats, ats-budget]"
 
 
 def grid(tmp_path: Path, methods: str = ALL, extra: str = "", depth: int = 12) -> Path:
@@ -63,6 +63,19 @@ def test_generated_configs_build_each_method_and_distill_from_the_dense_checkpoi
     assert Path(dyn.load_from).parent.parent.name == s.runs[0].run_id
     assert "distill" not in evit.model and "distill" not in dense.model
     assert evit.model.backbone.method == "evit" and evit.model.backbone.prune_layers == [3, 6, 9]
+
+
+def test_method_protocol_writes_dynamicvits_optimizer_for_its_rows_only(tmp_path):
+    extra = "per_value:\n  method:\n    dynamicvit: {schedule.method_protocol: true}\n"
+    s = prepare(grid(tmp_path, "[svit, dynamicvit]", extra), tmp_path / "results")
+    dense, svit, dyn = (Config.fromfile(str(s.sweep_dir / r.run_id / "config.py")) for r in s.runs)
+    assert dyn.optim_wrapper.constructor == "SelectorLrConstructor"
+    assert dyn.optim_wrapper.paramwise_cfg.selector_lr_mult == 100.0
+    assert dyn.custom_hooks == [dict(type="FrozenStartHook", share=5 / 30)]
+    for cfg in (dense, svit):
+        assert "constructor" not in cfg.optim_wrapper and not cfg.get("custom_hooks")
+        assert cfg.optim_wrapper.paramwise_cfg.custom_keys.cls_token == dict(decay_mult=0.0)
+    assert dyn.model.backbone.masking == "policy" and dyn.model.backbone.rounding == "floor"
 
 
 def test_sweeping_method_with_an_axis_it_fixes_is_an_error_naming_both(tmp_path):

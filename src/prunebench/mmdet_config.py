@@ -146,6 +146,7 @@ def build_config(
     GridError naming ``data.batch_size`` when it does not divide."""
     cfg = copy.deepcopy(base)
     set_backbone(cfg, spec.backbone_args)
+    set_param_groups(cfg, spec.backbone_args.get("family", "plain"), spec.schedule.get("protocol"))
     if "keep_ratio_loss_weight" in spec.schedule:
         set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
     set_data(cfg, grid.data, data_root, classes)
@@ -188,6 +189,26 @@ def set_backbone(cfg: dict, args: dict) -> None:
     cfg["model"]["neck"]["in_channels"] = [feature_channels(family, backbone)] * 4
     if family == "adapter":
         cfg["sync_bn"] = "torch"
+
+
+def set_param_groups(cfg: dict, family: str, protocol: dict | None = None) -> None:
+    """Weight decay and lr per parameter: no decay on a method's class token (as DeiT, EViT and
+    Evo-ViT); for the adapter, decay off by name as the official ViT-Adapter configs
+    (``custom_keys`` ``norm`` and ``bias``: the spatial prior module's BatchNorm weights,
+    ``spm.*.1.weight``, are decayed); a method's ``protocol`` (:mod:`prunebench.models.protocol`)."""
+    paramwise = cfg["optim_wrapper"].setdefault("paramwise_cfg", {})
+    keys = paramwise.setdefault("custom_keys", {})
+    keys.setdefault("cls_token", dict(decay_mult=0.0))
+    if family == "adapter":
+        paramwise.pop("norm_decay_mult", None)
+        paramwise.pop("bias_decay_mult", None)
+        for key in ("norm", "bias"):
+            keys.setdefault(key, dict(decay_mult=0.0))
+    if protocol:
+        paramwise["selector_lr_mult"] = protocol["selector_lr_mult"]
+        cfg["optim_wrapper"]["constructor"] = "SelectorLrConstructor"
+        hooks = cfg.setdefault("custom_hooks", [])
+        hooks.append(dict(type="FrozenStartHook", share=protocol["frozen_share"]))
 
 
 def set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:

@@ -32,6 +32,14 @@ __all__ = [
 CLASS_ATTENTION = "class-attention"
 _STAGES = [3, 6, 9]  # before blocks 4, 7, 10 (1-based)
 _STAGE_RATIOS = [0.7, 0.49, 0.343]  # 0.7 of the previous stage each
+#: DynamicViT's own settings: its attention masking in training, its ``int(r*N)`` token counts
+_DYNAMICVIT = dict(
+    method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS, masking="policy", rounding="floor"
+)
+#: DynamicViT's optimisation protocol (its released DeiT scripts, ``optim_factory.py`` and
+#: ``engine.py``): the backbone's lr is ``lr_scale`` 0.01 of the predictors' (the predictors at
+#: 100x the grid's lr) and it is frozen (lr 0) for the first 5 of its 30 epochs.
+_DYNAMICVIT_PROTOCOL = dict(selector_lr_mult=100.0, frozen_share=5 / 30)
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,19 @@ class Preset:
 
     ``axes``: the four axes' values it fixes; ``backbone``: backbone arguments it sets (the grid's
     ``prune_layers`` / ``keep_ratios`` apply where it sets none); ``keep_ratio_loss_weight``: the
-    detector's weight of the keep-ratio loss (None: the grid's); ``source``: where its semantics
-    come from; ``prior``: a prior method of the paper's headline comparison (~1.5 vs ~0.3 mAP drop).
+    detector's weight of the keep-ratio loss (None: the grid's); ``protocol``: the method's own
+    optimisation protocol, applied where the grid sets ``schedule.method_protocol: true``
+    (``selector_lr_mult``: the selectors' lr multiplier; ``frozen_share``: the share of the
+    finetune at its start during which every other parameter has lr 0); ``source``: where its
+    semantics come from; ``prior``: a prior method of the paper's headline comparison (~1.5 vs
+    ~0.3 mAP drop).
     """
 
     name: str
     axes: dict[str, Any]
     backbone: dict[str, Any] = field(default_factory=dict)
     keep_ratio_loss_weight: Optional[float] = None
+    protocol: dict[str, float] = field(default_factory=dict)
     source: str = ""
     prior: bool = False
 
@@ -61,13 +74,15 @@ PRESETS: dict[str, Preset] = {
             dict(pruned_tokens="preserve", reactivation=True, rate="dynamic", selector="mlp"),
             source="Liu et al., WACV 2024; uzh-rpg/svit",
         ),
-        # the gating predictor before blocks 4/7/10 keeping 0.7/0.49/0.343 (top-k at inference),
-        # pruned tokens discarded, no reactivation; keep-ratio loss weight 2.0
+        # the gating predictor before blocks 4/7/10 keeping int(r*N) of 0.7/0.49/0.343 (top-k at
+        # inference), DynamicViT's attention masking in training, pruned tokens discarded, no
+        # reactivation; keep-ratio loss weight 2.0
         Preset(
             "dynamicvit",
             dict(pruned_tokens="discard", reactivation=False, rate="fixed", selector="gating"),
-            dict(method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+            _DYNAMICVIT,
             keep_ratio_loss_weight=2.0,
+            protocol=_DYNAMICVIT_PROTOCOL,
             source="Rao et al., NeurIPS 2021; raoyongming/DynamicViT",
             prior=True,
         ),
@@ -75,12 +90,13 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "dynamicvit-preserve",
             dict(pruned_tokens="preserve", reactivation=False, rate="fixed", selector="gating"),
-            dict(method="selector", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+            _DYNAMICVIT,
             keep_ratio_loss_weight=2.0,
+            protocol=_DYNAMICVIT_PROTOCOL,
             source="Rao et al., NeurIPS 2021, with the paper's preserve ablation",
         ),
-        # keep the tokens with the most class attention at blocks 4/7/10 (0.7 of the previous
-        # stage each), fuse the rest into one attention-weighted token
+        # keep the ceil(0.7 W) tokens with the most class attention at blocks 4/7/10 (W: the tokens
+        # of the previous stage, its fused token included), fuse the rest into one new token
         Preset(
             "evit",
             dict(pruned_tokens="discard", reactivation=False, rate="fixed", selector=CLASS_ATTENTION),
@@ -88,7 +104,7 @@ PRESETS: dict[str, Preset] = {
             source="Liang et al., ICLR 2022; youweiliang/evit",
             prior=True,
         ),
-        # from block 5 on, the half of the tokens with the most (momentum) class attention take the
+        # from block 5 on, the int(N/2) tokens with the most (momentum) class attention take the
         # slow path; placeholders get a representative token's update (the fast path)
         Preset(
             "evo-vit",
@@ -97,14 +113,23 @@ PRESETS: dict[str, Preset] = {
             source="Xu et al., AAAI 2022; YifanXu74/Evo-ViT; uzh-rpg/svit evovit_adapter.py",
             prior=True,
         ),
-        # inverse-transform sampling of class-attention significance at blocks 4/7/10, at most
-        # 0.7/0.49/0.343 of the tokens; the count varies per image
+        # ATS's own DeiT-S schedule: inverse-transform sampling of class-attention significance
+        # in every block from the 4th on, each with the full budget (N levels): the count comes
+        # from the significance distribution alone, nine times
         Preset(
             "ats",
             dict(pruned_tokens="discard", reactivation=False, rate="dynamic", selector=CLASS_ATTENTION),
-            dict(method="ats", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
-            source="Fayyaz et al., ECCV 2022; adaptivetokensampling/ATS",
+            dict(method="ats", prune_layers=list(range(3, 12)), keep_ratios=[1.0] * 9),
+            source="Fayyaz et al., ECCV 2022; adaptivetokensampling/ATS (configs/ImageNet/DeiT_S.yaml)",
             prior=True,
+        ),
+        # ATS at blocks 4/7/10 with at most 0.7/0.49/0.343 of the tokens: the other methods'
+        # budgets, for a matched-budget comparison
+        Preset(
+            "ats-budget",
+            dict(pruned_tokens="discard", reactivation=False, rate="dynamic", selector=CLASS_ATTENTION),
+            dict(method="ats", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+            source="adaptivetokensampling/ATS at the other methods' budgets",
         ),
     )
 }

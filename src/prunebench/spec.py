@@ -128,11 +128,14 @@ def resolve(grid: Grid, cell: dict) -> tuple[dict, dict, dict]:
 
 
 def _method_settings(method: str, args: dict, schedule: dict) -> tuple[dict, dict]:
-    """A method's finetune: its backbone settings over the grid's, and its keep-ratio loss weight."""
+    """A method's finetune: its backbone settings over the grid's, its keep-ratio loss weight and,
+    with ``schedule.method_protocol``, its own optimisation protocol (``protocol``)."""
     p = preset(method)
     args = backbone_args(method, args)
     if p.keep_ratio_loss_weight is not None:
         schedule = {**schedule, "keep_ratio_loss_weight": p.keep_ratio_loss_weight}
+    if schedule.get("method_protocol") and p.protocol:
+        schedule = {**schedule, "protocol": dict(p.protocol)}
     return args, schedule
 
 

@@ -94,7 +94,12 @@ def evaluate(
     arch: Optional[str] = typer.Option(
         None, "--arch", help="For a checkpoint that records no model: its arch."
     ),
-    dtype: str = typer.Option("fp32", "--dtype", help="Timing precision: fp32 | fp16 | bf16 (autocast)."),
+    dtype: str = typer.Option(
+        "fp32",
+        "--dtype",
+        help="Precision of the COCO test and the timing: fp32 | fp16 | bf16 (autocast of the whole "
+        "detector; fp16 as the official test).",
+    ),
     bench_images: int = typer.Option(
         BENCH_DEFAULTS["images"], "--bench-images", min=1, help="Val images timed (batch 1)."
     ),

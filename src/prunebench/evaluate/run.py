@@ -189,7 +189,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..bench import measure_run
+    from ..bench import autocast, measure_run
     from ..metrics import coco_metrics, keep_ratio_recorder, run_env
 
     runner = Runner(
@@ -217,7 +217,9 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         task = progress.add_task(f"COCO test of {images} val images", total=images)
         runner.register_hook(_progress_hook(progress, task), priority="VERY_LOW")
         torch.manual_seed(spec.seed)  # the Gumbel samples of selector_inference=gumbel
-        raw = runner.test()
+        # the whole detector in the run's precision, as the official test's wrap_fp16_model
+        with autocast(next(model.parameters()).device, spec.bench["dtype"]):
+            raw = runner.test()
     test_time = time.time() - t0
     keep_stats = keep()
     write_status(run_dir, "running", phase="bench", log=str(run_dir / EVAL_LOG))

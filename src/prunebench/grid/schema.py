@@ -91,6 +91,7 @@ SCHEDULE_KEYS = (
     "clip_grad",
     "amp",
     "distill",
+    "method_protocol",
 )
 STAGE_KEYS = ("iters", "epochs", "lr", "weight_decay", "milestones", "warmup_iters", "checkpoint_interval")
 #: The paper's stages (official configs): dense AdamW 1e-4 / wd 0.05 for 36 epochs; pruned

@@ -146,7 +146,7 @@ def _check_schedule(c: _Checker, raw: Any) -> dict:
     for k in ("warmup_iters", "checkpoint_interval", "log_interval"):
         if k in sched:
             c.count(f"schedule.{k}", sched[k], minimum=0 if k == "warmup_iters" else 1)
-    for k in ("amp", "distill"):
+    for k in ("amp", "distill", "method_protocol"):
         if k in sched:
             c.typed(f"schedule.{k}", sched[k], bool, "true or false")
     return sched

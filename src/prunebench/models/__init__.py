@@ -1,5 +1,6 @@
 """Token-pruning models; importing this package registers ``PrunedViT``, ``PrunedViTAdapter`` and
-``PrunedMaskRCNN`` in MMDetection's ``MODELS`` registry, exposes ``SELECTORS`` (the registry a
+``PrunedMaskRCNN`` in MMDetection's ``MODELS`` registry (and a method protocol's optimizer
+constructor and hook, :mod:`.protocol`), exposes ``SELECTORS`` (the registry a
 user's own selector joins) and lets ``torch.load(weights_only=True)`` read MMEngine's
 checkpoints (exactly the types they hold), so a generated ``config.py``, whose ``custom_imports``
 names this package, resumes and finetunes under MMDetection's own ``tools/train.py`` and
@@ -31,12 +32,15 @@ __all__ = [
 ]
 
 if find_spec("mmdet") is not None:  # an installed but broken MMDetection still raises here
-    from mmdet.registry import MODELS
+    from mmdet.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
     from ..checkpoint import allow_mmengine_checkpoints
     from .detector import PrunedMaskRCNN  # noqa: F401  (registers itself)
+    from .protocol import FrozenStartHook, SelectorLrConstructor
 
     MODELS.register_module(module=PrunedViT)
     MODELS.register_module(module=PrunedViTAdapter)
+    HOOKS.register_module(module=FrozenStartHook)
+    OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=SelectorLrConstructor)
     allow_mmengine_checkpoints()
     __all__.append("PrunedMaskRCNN")

@@ -17,7 +17,8 @@ Two execution paths give the same result:
 
 * masked (training, or eval with ``masked_eval=True``): all N tokens stay in the sequence, pruned
   tokens are excluded as attention keys and the block output is gated as a whole,
-  ``x + d * (block(x) - x)`` with the straight-through keep decision ``d``;
+  ``x + d * (block(x) - x)`` with the straight-through keep decision ``d`` (``masking="policy"``:
+  DynamicViT's form instead, the decision inside every later block's softmax, :mod:`.policy`);
 * sparse (eval): the kept tokens are gathered, the block runs on them only, and the outputs are
   scattered back (``sparse_mode``: how per-image counts at batch > 1 are batched).
 """
@@ -43,7 +44,8 @@ from ..distributed import all_ranks_sum
 from .blocks import SPARSE_MODES, gated_block, sparse_block
 from .deit_weights import load_pretrained
 from .methods import build_mechanism
-from .selectors import build_selector, keep_decision, selector_names
+from .policy import MASKINGS, policy_block
+from .selectors import ROUNDINGS, build_selector, keep_decision, selector_names
 
 __all__ = ["PrunedBackbone", "pad_to_32"]
 
@@ -87,6 +89,8 @@ class PrunedBackbone(BaseModule):
         pretrained: Optional[str] = None,
         sparse_mode: str = "auto",
         masked_eval: bool = False,
+        masking: str = "gate",
+        rounding: str = "round",
         init_cfg: Optional[dict] = None,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -100,6 +104,8 @@ class PrunedBackbone(BaseModule):
             ("selector_init", selector_init, SELECTOR_INITS),
             ("selector_inference", selector_inference, SELECTOR_INFERENCE),
             ("sparse_mode", sparse_mode, SPARSE_MODES),
+            ("masking", masking, MASKINGS),
+            ("rounding", rounding, ROUNDINGS),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {tuple(allowed)}")
@@ -118,6 +124,7 @@ class PrunedBackbone(BaseModule):
         self.pruned_tokens, self.reactivation, self.rate, self.tau = pruned_tokens, reactivation, rate, tau
         self.selector_init, self.selector_inference = selector_init, selector_inference
         self.pretrained, self.sparse_mode, self.masked_eval = pretrained, sparse_mode, masked_eval
+        self.masking, self.rounding = masking, rounding
         self.last_keep_masks: list[torch.Tensor] = []
         self._decisions: list[tuple[torch.Tensor, float]] = []
         self._layer_of_block = {b: j for j, b in enumerate(prune_layers)}
@@ -240,6 +247,8 @@ class PrunedBackbone(BaseModule):
             return blk(x)
         if not (self.training or self.masked_eval):
             return sparse_block(blk, x, self._hard, mode=self.sparse_mode)
+        if self.masking == "policy":  # DynamicViT: the decision in every later block's softmax
+            return policy_block(blk, x, self._keep, self._hard)
         gate = self._keep if self._fresh else self._hard  # later blocks of a stage: hard, no gradient
         self._fresh = False
         return gated_block(blk, x, gate, self._hard)
@@ -258,7 +267,14 @@ class PrunedBackbone(BaseModule):
         # official code: the previous decision gets gradient where the new one would keep)
         allowed = None if self.training else available
         keep = keep_decision(
-            sel(x, available), allowed, self.keep_ratios[j], self.rate, self.training, self.tau, sample
+            sel(x, available),
+            allowed,
+            self.keep_ratios[j],
+            self.rate,
+            self.training,
+            self.tau,
+            sample,
+            self.rounding,
         )
         if self.training:
             if nested:

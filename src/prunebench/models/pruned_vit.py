@@ -79,6 +79,11 @@ class PrunedViT(PrunedBackbone):
         sparse_mode: eval path for per-image counts at batch > 1 (``auto``|``loop``|``padded``).
         masked_eval: run the masked training-style path in eval mode too (equivalence tests
             only; it is slower). Also settable as an attribute.
+        masking: how the masked path excludes pruned tokens: ``gate`` (SViT's detached key mask
+            and gated block output) or ``policy`` (DynamicViT's decision inside every later
+            block's softmax, :mod:`prunebench.models.policy`).
+        rounding: how the fixed rate's ``r*N`` becomes a count at inference: ``round`` (SViT),
+            ``floor`` (DynamicViT's ``int``) or ``ceil``.
 
     After each forward, ``last_keep_masks`` holds one bool ``(B, N)`` tensor per pruning layer:
     the tokens that layer's block processed (EViT, ATS: its MLP, after they pruned in the block),

@@ -18,8 +18,9 @@ fp16 the clamp bound ``1 - 1e-6`` rounds to 1 and the noise would be infinite). 
 Selectors are looked up by name in :data:`SELECTORS` (``mlp``, ``gating`` and any plug-in a user
 module registers, see :mod:`prunebench.models.registry`).
 
-How a fresh selector starts (``selector_init``): ``official`` (PyTorch's default init of its
-layers, as the official code leaves them: about 50 % kept per selector), ``target`` (plus a
+How a fresh selector starts (``selector_init``): ``official`` (its authors' init of its layers:
+PyTorch's default for ``mlp``, as the official SViT code leaves them, DynamicViT's for ``gating``;
+about 50 % kept per selector), ``target`` (plus a
 ``logit(share)`` bias towards its target share) or ``calibrated`` (plus a data-dependent
 calibration on its first training batch, :meth:`Selector.calibrate`).
 """
@@ -31,6 +32,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 
 from ..axes import SELECTOR_INITS
 from ..distributed import all_gather_rows
@@ -43,6 +45,7 @@ __all__ = [
     "keep_decision",
     "logistic_noise",
     "num_kept",
+    "ROUNDINGS",
     "build_selector",
     "selector_names",
     "PluginSelector",
@@ -82,7 +85,7 @@ class Selector(nn.Module):
         self._calibrated_seen = False  # re-read the loaded buffer
 
     def reset(self, init: str, share: float) -> None:
-        """Fresh weights for ``selector_init`` ``init``: PyTorch's default layer init; with
+        """Fresh weights for ``selector_init`` ``init``: :meth:`reset_layers`; with
         ``target`` or ``calibrated`` the output bias is ``logit(share)`` (keep about ``share`` of
         the tokens it may keep); ``calibrated`` also calibrates on the first training batch."""
         if init not in SELECTOR_INITS:
@@ -97,7 +100,7 @@ class Selector(nn.Module):
                 self.output.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=self.output.bias.dtype))
 
     def reset_layers(self) -> None:
-        """PyTorch's default init of every layer."""
+        """The layers' own init (here PyTorch's default init of every layer)."""
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
@@ -145,16 +148,19 @@ class MlpSelector(Selector):
 
 @SELECTORS.register_module("gating")
 class GatingSelector(Selector):
-    """DynamicViT-style predictor: per-token local features concatenated with a global feature.
+    """DynamicViT's predictor (``PredictorLG``): per-token local features concatenated with a
+    global feature.
 
     ``LayerNorm -> Linear(D, D) -> GELU`` gives ``D/2`` local and ``D/2`` global channels; the
     global half is averaged over the ``available`` tokens and broadcast back; a 3-layer MLP
-    ``D -> D/2 -> D/4 -> 2`` gives the logits.
+    ``D -> D/2 -> D/4 -> 2`` gives the logits. As in DynamicViT, the LayerNorm keeps PyTorch's
+    eps (1e-5) and fresh layers start as DynamicViT's ViT init (truncated normal std 0.02, zero
+    biases; :meth:`reset_layers`).
     """
 
     def __init__(self, dim: int):
         super().__init__()
-        self.in_proj = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, dim), nn.GELU())
+        self.in_proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         self.out_mlp = nn.Sequential(
             nn.Linear(dim, dim // 2),
             nn.GELU(),
@@ -166,6 +172,15 @@ class GatingSelector(Selector):
     @property
     def output(self) -> nn.Linear:
         return self.out_mlp[-1]
+
+    def reset_layers(self) -> None:
+        """DynamicViT's init: Linear weights truncated normal (std 0.02), biases 0, LayerNorm 1/0."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
 
     def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.in_proj(x)
@@ -227,9 +242,20 @@ def build_selector(kind: str, dim: int) -> Selector:
     return sel if isinstance(sel, Selector) else PluginSelector(sel)
 
 
-def num_kept(keep_ratio: float, num_tokens: int) -> int:
-    """Tokens kept per image under the fixed rate: ``round(r*N)``, at least 1."""
-    return max(1, round(keep_ratio * num_tokens))
+#: how a method's code turns a share into a token count (SViT: ``round``; DynamicViT and Evo-ViT
+#: take ``int(r*N)``, a floor; EViT ``math.ceil``).
+ROUNDINGS = ("round", "floor", "ceil")
+
+
+def num_kept(keep_ratio: float, num_tokens: int, rounding: str = "round") -> int:
+    """Tokens kept per image under the fixed rate: ``r*N`` rounded by ``rounding``, at least 1
+    (floor and ceiling forgive float error: ``0.49 / 0.7 * 10`` counts as 7)."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDINGS}")
+    n = keep_ratio * num_tokens
+    if rounding == "floor":
+        return max(1, math.floor(n + 1e-9))
+    return max(1, math.ceil(n - 1e-9) if rounding == "ceil" else round(n))
 
 
 def logistic_noise(score: torch.Tensor) -> torch.Tensor:
@@ -252,12 +278,14 @@ def keep_decision(
     training: bool,
     tau: float = 1.0,
     sample: Optional[bool] = None,
+    rounding: str = "round",
 ) -> torch.Tensor:
     """Keep decision ``(B, N)`` from logits ``(B, N, 2)``; see the module docstring.
 
     ``available`` (bool ``(B, N)`` or None for all) marks the tokens that may be kept;
     ``keep_ratio`` is the target share of all N tokens (used by the fixed rate at inference);
-    ``sample`` adds Gumbel noise (default: in training only). Returns a straight-through float32
+    ``sample`` adds Gumbel noise (default: in training only); ``rounding`` turns the fixed rate's
+    share into a count (:func:`num_kept`). Returns a straight-through float32
     tensor when ``training``, else a bool tensor.
     """
     score = logits[..., 0].float() - logits[..., 1].float()
@@ -265,7 +293,7 @@ def keep_decision(
         score = (score + logistic_noise(score)) / tau
     z = score.detach() if available is None else score.detach().masked_fill(~available, float("-inf"))
     if rate == "fixed" and not training:
-        return _topk_mask(z, num_kept(keep_ratio, int(logits.shape[1])))
+        return _topk_mask(z, num_kept(keep_ratio, int(logits.shape[1]), rounding))
     keep = z > 0
     empty = ~keep.any(dim=1, keepdim=True)  # keep at least the best token of every image
     keep = keep | (_topk_mask(z, 1) & empty)

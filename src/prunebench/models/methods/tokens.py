@@ -19,6 +19,8 @@ from timm.models.vision_transformer import Block
 
 __all__ = [
     "attend",
+    "queries_keys_values",
+    "attention_residual",
     "feed_forward",
     "run_block",
     "gather",
@@ -37,22 +39,35 @@ def attend(
     attention keys. Returns ``x + attention``, the class token's (row 0) attention probabilities
     per head (B, H, S, float32) and the norm of each token's value vector (B, S, float32)."""
     attn = blk.attn
-    if attn.gate is not None:
-        raise ValueError("gated attention is not supported by the class-attention methods")
     B, S, _ = x.shape
-    qkv = attn.qkv(blk.norm1(x)).reshape(B, S, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = queries_keys_values(blk, x)
     mask = None if keys is None else keys[:, None, None]
     drop = attn.attn_drop.p if blk.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(B, S, attn.attn_dim))))
     logits = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).float()  # (B, H, 1, S)
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     cls_attn = logits.softmax(dim=-1).squeeze(2)
     v_norm = v.transpose(1, 2).reshape(B, S, -1).float().norm(dim=-1)
-    return x + blk.drop_path1(blk.ls1(out)), cls_attn, v_norm
+    return attention_residual(blk, x, out), cls_attn, v_norm
+
+
+def queries_keys_values(blk: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-head queries, keys and values (B, H, S, head_dim) of ``blk`` on ``x`` (B, S, D)."""
+    attn = blk.attn
+    if attn.gate is not None:
+        raise ValueError("gated attention is not supported by prunebench's attention forms")
+    B, S, _ = x.shape
+    qkv = attn.qkv(blk.norm1(x)).reshape(B, S, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    return attn.q_norm(q), attn.k_norm(k), v
+
+
+def attention_residual(blk: Block, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``x`` plus the projected attention output ``out`` (B, H, S, head_dim) of ``blk``."""
+    attn = blk.attn
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(*x.shape[:2], attn.attn_dim))))
+    return x + blk.drop_path1(blk.ls1(out))
 
 
 def feed_forward(blk: Block, x: torch.Tensor) -> torch.Tensor:
