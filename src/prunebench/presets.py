@@ -21,6 +21,7 @@ __all__ = [
     "PRESETS",
     "OURS",
     "CLASS_ATTENTION",
+    "KEY_SIMILARITY",
     "preset",
     "plugin_selectors",
     "method_cell",
@@ -30,6 +31,8 @@ __all__ = [
 
 #: the ``selector`` axis value of the methods that rank by class attention (no learned selector).
 CLASS_ATTENTION = "class-attention"
+#: the ``selector`` axis value of the merging methods (key similarity, nothing learned).
+KEY_SIMILARITY = "key-similarity"
 _STAGES = [3, 6, 9]  # before blocks 4, 7, 10 (1-based)
 _STAGE_RATIOS = [0.7, 0.49, 0.343]  # 0.7 of the previous stage each
 
@@ -41,7 +44,9 @@ class Preset:
     ``axes``: the four axes' values it fixes; ``backbone``: backbone arguments it sets (the grid's
     ``prune_layers`` / ``keep_ratios`` apply where it sets none); ``keep_ratio_loss_weight``: the
     detector's weight of the keep-ratio loss (None: the grid's); ``source``: where its semantics
-    come from; ``prior``: a prior method of the paper's headline comparison (~1.5 vs ~0.3 mAP drop).
+    come from; ``prior``: a prior method of the paper's headline comparison (~1.5 vs ~0.3 mAP drop);
+    ``off_the_shelf``: the method adds no parameters, so a dense checkpoint runs it as it is
+    (no finetune needed).
     """
 
     name: str
@@ -50,6 +55,7 @@ class Preset:
     keep_ratio_loss_weight: Optional[float] = None
     source: str = ""
     prior: bool = False
+    off_the_shelf: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -106,6 +112,22 @@ PRESETS: dict[str, Preset] = {
             source="Fayyaz et al., ECCV 2022; adaptivetokensampling/ATS",
             prior=True,
         ),
+        # token merging at blocks 3/6/9 after the attention residual, int(0.7 * T) tokens each:
+        # bipartite soft matching (ToMe) or agglomerative clustering (ATC), proportional attention
+        Preset(
+            "tome",
+            dict(pruned_tokens="merge", reactivation=False, rate="fixed", selector=KEY_SIMILARITY),
+            dict(method="tome", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+            source="Bolya et al., ICLR 2023; as run by JoakimHaurum/ATC (MMDet_setup)",
+            off_the_shelf=True,
+        ),
+        Preset(
+            "atc",
+            dict(pruned_tokens="merge", reactivation=False, rate="fixed", selector=KEY_SIMILARITY),
+            dict(method="atc", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+            source="Haurum et al., ECCV 2024; JoakimHaurum/ATC (MMDet_setup)",
+            off_the_shelf=True,
+        ),
     )
 }
 #: the method whose drop the prior methods' drops are compared with.
@@ -134,11 +156,11 @@ def plugin_selectors() -> tuple[str, ...]:
 
 def backbone_args(name: str, args: dict) -> dict:
     """Backbone arguments of a ``name`` finetune: ``args`` (the grid's), the method's four axes
-    (the class-attention methods have no selector: their ``selector`` value is a label) and its
+    (the class-attention and merging methods have no selector: their ``selector`` value is a label) and its
     own settings."""
     p = preset(name)
     out = {**args, **p.axes, **p.backbone}
-    if out.get("selector") == CLASS_ATTENTION:
+    if out.get("selector") in (CLASS_ATTENTION, KEY_SIMILARITY):
         del out["selector"]
     return out
 

@@ -42,6 +42,8 @@ BACKBONE_KEYS = (
     "tau",
     "selector_init",
     "selector_inference",
+    "linkage",
+    "proportional_attention",
     "drop_path_rate",
     "pretrained",
     *(key for keys in FAMILY_ARGS.values() for key in keys),
