@@ -23,7 +23,13 @@ def test_smoke_merging_grid_runs_three_fates_and_both_methods_from_one_dense_par
     assert len(dense) == 1 and not excluded
     assert all(r.depends_on == (dense[0].run_id,) for r in finetunes)
     cells = {(r.axes["pruned_tokens"], r.axes.get("method")) for r in finetunes}
-    assert cells == {("discard", None), ("preserve", None), ("merge", None), ("merge", "tome"), ("merge", "atc")}
+    assert cells == {
+        ("discard", None),
+        ("preserve", None),
+        ("merge", None),
+        ("merge", "tome"),
+        ("merge", "atc"),
+    }
     tome = next(r for r in finetunes if r.axes.get("method") == "tome")
     assert tome.backbone_args["method"] == "tome" and "selector" not in tome.backbone_args
     assert tome.backbone_args["keep_ratios"] == [0.7, 0.49, 0.343]
@@ -82,7 +88,9 @@ def test_pruned_tokens_is_a_three_valued_axis_in_the_effects(tmp_path, make_run)
     for rate in ("fixed", "dynamic"):
         for fate, box in boxes.items():
             axes = {"pruned_tokens": fate, "reactivation": False, "rate": rate, "selector": "mlp"}
-            make_run(s, f"{fate}-{rate}", axes, box=box + (rate == "dynamic"), mask=box - 3, full=80.0, bb=40.0)
+            make_run(
+                s, f"{fate}-{rate}", axes, box=box + (rate == "dynamic"), mask=box - 3, full=80.0, bb=40.0
+            )
     rep = build_report(s)
     pt = [e for e in rep.effects if e.axis == "pruned_tokens" and e.metric == "box_ap"]
     assert [(e.first, e.second) for e in pt][0] == ("preserve", "discard")  # the paper's pair first
