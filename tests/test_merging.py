@@ -224,3 +224,67 @@ def test_merge_fate_with_reactivation_is_rejected_naming_both_keys():
         make("plain", **{**FATE, "reactivation": True, "keep_ratios": [0.7, 0.49, 0.343]})
     with pytest.raises(ValueError, match="needs pruned_tokens in"):
         make("plain", method="evit", **FATE)
+
+
+# ---------------------------------------------------------------- keep maps and FLOPs
+
+
+def test_keep_maps_colour_each_merged_token(tmp_path):
+    mmcv = pytest.importorskip("mmcv")
+    import numpy as np
+
+    from prunebench.viz import cluster_colours, make_keep_maps
+
+    config = tmp_path / "c.py"
+    config.write_text(
+        "model = dict(type='PrunedViT', embed_dim=96, depth=12, num_heads=3, out_channels=32, method='atc', "
+        "pruned_tokens='merge', prune_layers=[3, 6, 9], keep_ratios=[0.7, 0.49, 0.343])\n"
+    )
+    image = tmp_path / "img.png"
+    mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8), str(image))
+    result = make_keep_maps(config, image, tmp_path / "maps.png")
+    assert result["keep"] == pytest.approx([56 / N, 39 / N, 27 / N])
+    assert (tmp_path / "maps.png").read_bytes()[:4] == b"\x89PNG"
+    colours = cluster_colours(torch.tensor([2, 0, 2, 1]))
+    assert (colours[0] == colours[2]).all() and (colours[0] != colours[1]).any()
+
+
+def test_clusters_are_recorded_per_layer_for_merging_only():
+    x = image(1)
+    with torch.no_grad():
+        atc = merging("atc").eval()
+        atc(x)
+        fate = decisive(make("plain", **FATE)).eval()
+        fate(x)
+        svit = make("plain", prune_layers=[3, 6, 9], keep_ratios=[0.7, 0.49, 0.343]).eval()
+        svit(x)
+    assert [int(a.max()) + 1 for a in atc.last_clusters] == [56, 39, 27]
+    for mask, assign in zip(fate.last_keep_masks, fate.last_clusters):
+        assert torch.equal(mask.gather(1, assign), torch.ones_like(mask))  # every token's host is kept
+    assert svit.last_clusters == [None] * 3
+
+
+def test_flop_analysis_counts_the_reduced_blocks_and_atcs_clustering():
+    pytest.importorskip("mmengine.analysis")
+    from mmengine.analysis import FlopAnalyzer
+
+    from prunebench.bench.probe import OP_HANDLES
+    from prunebench.models.methods.clustering import clustering_flops
+
+    x = image(1)
+    flops = {}
+    for name in ("dense", "tome", "atc"):
+        model = (make("plain") if name == "dense" else merging(name)).eval()
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(model, (x,)).set_op_handle(**OP_HANDLES)
+            analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            flops[name] = analyzer.by_operator()
+    clustering = flops["atc"].get("PythonOp.AgglomerativeClustering", 0)
+    assert clustering == sum(clustering_flops(1, t) for t in (80, 56, 39)) == 3160 + 1540 + 741
+    # the blocks' linear layers count only the reduced tokens: a merging block's qkv and proj run
+    # on the tokens before its merge (4 D^2 per token), its MLP on those after (8 D^2)
+    attn = [N] * 4 + [56] * 3 + [39] * 3 + [27] * 2
+    mlp = [N] * 3 + [56] * 3 + [39] * 3 + [27] * 3
+    saved = 4 * DIM * DIM * (12 * N - sum(attn)) + 8 * DIM * DIM * (12 * N - sum(mlp))
+    assert flops["dense"]["linear"] - flops["tome"]["linear"] == saved
+    assert flops["tome"]["linear"] == flops["atc"]["linear"]

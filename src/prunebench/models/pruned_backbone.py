@@ -126,6 +126,7 @@ class PrunedBackbone(BaseModule):
         self.selector_init, self.selector_inference = selector_init, selector_inference
         self.pretrained, self.sparse_mode, self.masked_eval = pretrained, sparse_mode, masked_eval
         self.last_keep_masks: list[torch.Tensor] = []
+        self.last_clusters: list[Optional[torch.Tensor]] = []  # per pruning layer, merged tokens only
         self._decisions: list[tuple[torch.Tensor, float]] = []
         self._layer_of_block = {b: j for j, b in enumerate(prune_layers)}
         # selector index of each pruning layer: its own (reactivation) or its stage's first layer's
@@ -209,6 +210,7 @@ class PrunedBackbone(BaseModule):
         self._current: Optional[int] = None
         self._fresh = False
         self._masks: list[torch.Tensor] = []
+        self._assignments: list[Optional[torch.Tensor]] = []  # merged tokens: cluster of each token
         self._clusters: Optional[Clusters] = None  # pruned_tokens: merge
         self._decisions = []
         self._calibration: list[str] = []
@@ -218,6 +220,7 @@ class PrunedBackbone(BaseModule):
     def finish_pruning(self) -> None:
         """Publish ``last_keep_masks`` (and log the calibration of fresh selectors, if any)."""
         self.last_keep_masks = self._masks
+        self.last_clusters = self._assignments
         if self._calibration:
             print_log(
                 f"{type(self).__name__}: calibrated fresh selectors on the global batch: "
@@ -241,7 +244,7 @@ class PrunedBackbone(BaseModule):
             x, self._keep = self.mechanism.run_block(i, blk, x)
             self._hard = self._keep
             if j is not None:
-                self._masks.append(self._keep)
+                self._record()
             return x
         if j is not None:
             if self.selector_of_layer[j] != self._current:
@@ -249,7 +252,7 @@ class PrunedBackbone(BaseModule):
                 self._decide(j, full)
                 if self.pruned_tokens == "merge":
                     x, self._clusters = merge_pruned(blk, full, self._clusters, self._hard, self._keep)
-            self._masks.append(self._hard)
+            self._record()
         if self._keep is None:
             return blk(x)
         if self.pruned_tokens == "merge":
@@ -259,6 +262,12 @@ class PrunedBackbone(BaseModule):
         gate = self._keep if self._fresh else self._hard  # later blocks of a stage: hard, no gradient
         self._fresh = False
         return gated_block(blk, x, gate, self._hard)
+
+    def _record(self) -> None:
+        """A pruning layer's keep mask and, where tokens are merged, their clusters."""
+        self._masks.append(self._hard)
+        clusters = self.clusters
+        self._assignments.append(None if clusters is None else clusters.assign)
 
     # ------------------------------------------------------------------ merged tokens
 

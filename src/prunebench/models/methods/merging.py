@@ -86,7 +86,8 @@ class Clusters:
         B, N = self.assign.shape
         pos = torch.arange(N, device=self.assign.device).expand(B, -1)
         first = pos.new_full((B, self.width), N).scatter_reduce(1, self.assign, pos, "amin")
-        return torch.zeros(B, N + 1, dtype=torch.bool, device=pos.device).scatter(1, first, True)[:, :N]
+        mark = torch.ones_like(first, dtype=torch.bool)  # (a tensor: a bool scalar does not trace)
+        return torch.zeros(B, N + 1, dtype=torch.bool, device=pos.device).scatter(1, first, mark)[:, :N]
 
 
 def attend_sized(
