@@ -18,6 +18,8 @@ PRUNING_AXES: dict[str, tuple] = {
     "rate": ("fixed", "dynamic"),
     "selector": ("mlp", "gating"),
 }
+#: the matrix a grid without ``axes`` sweeps: the paper's 16 cells (``merge`` is swept by naming it).
+DEFAULT_MATRIX: dict[str, tuple] = {**PRUNING_AXES, "pruned_tokens": ("discard", "preserve")}
 #: value of an axis a grid does not sweep.
 AXIS_DEFAULTS: dict[str, Any] = {
     "pruned_tokens": "preserve",

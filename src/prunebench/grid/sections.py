@@ -13,6 +13,7 @@ from typing import Any
 from ..axes import (
     ARCHS,
     AXIS_DEFAULTS,
+    DEFAULT_MATRIX,
     FAMILIES,
     FAMILY_ARGS,
     KEEP_AXIS,
@@ -171,7 +172,7 @@ def _check_bench(c: _Checker, raw: Any) -> dict:
 
 def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
     if raw is None:
-        return {k: list(v) for k, v in PRUNING_AXES.items()}
+        return {k: list(v) for k, v in DEFAULT_MATRIX.items()}
     raw = c.typed("axes", raw, dict, "a mapping of axis -> list of values")
     check_method_axes(c, raw)
     axes = {}
