@@ -44,4 +44,10 @@ def test_smoke_merging_sweep_runs_every_method_and_fate(tmp_path):
         assert len(keep) == 3 and 0 < keep[-1] < keep[0] < 1, (run_id, keep)
         if m["axes"].get("method") in ("tome", "atc"):  # int(0.7 T) of 64 tokens: 44, 30, 21
             assert keep == pytest.approx([44 / 64, 30 / 64, 21 / 64])
-    assert seen == {("discard", None), ("preserve", None), ("merge", None), ("merge", "tome"), ("merge", "atc")}
+    assert seen == {
+        ("discard", None),
+        ("preserve", None),
+        ("merge", None),
+        ("merge", "tome"),
+        ("merge", "atc"),
+    }

@@ -114,19 +114,15 @@ PRESETS: dict[str, Preset] = {
         ),
         # token merging at blocks 3/6/9 after the attention residual, int(0.7 * T) tokens each:
         # bipartite soft matching (ToMe) or agglomerative clustering (ATC), proportional attention
-        Preset(
-            "tome",
-            dict(pruned_tokens="merge", reactivation=False, rate="fixed", selector=KEY_SIMILARITY),
-            dict(method="tome", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
-            source="Bolya et al., ICLR 2023; as run by JoakimHaurum/ATC (MMDet_setup)",
-            off_the_shelf=True,
-        ),
-        Preset(
-            "atc",
-            dict(pruned_tokens="merge", reactivation=False, rate="fixed", selector=KEY_SIMILARITY),
-            dict(method="atc", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
-            source="Haurum et al., ECCV 2024; JoakimHaurum/ATC (MMDet_setup)",
-            off_the_shelf=True,
+        *(
+            Preset(
+                name,
+                dict(pruned_tokens="merge", reactivation=False, rate="fixed", selector=KEY_SIMILARITY),
+                dict(method=name, prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+                source=f"{source}; JoakimHaurum/ATC (MMDet_setup)",
+                off_the_shelf=True,
+            )
+            for name, source in (("tome", "Bolya et al., ICLR 2023"), ("atc", "Haurum et al., ECCV 2024"))
         ),
     )
 }

@@ -27,6 +27,7 @@ from .axes import (
     keep_schedule,
 )
 from .grid import Grid, GridError
+from .grid.schema import PRUNING_KEYS
 from .presets import backbone_args, method_cell, preset
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
@@ -35,15 +36,7 @@ _NOT_MEANING = {
     "schedule": ("checkpoint_interval", "log_interval"),
 }
 #: pruning settings: not the dense run's (its id does not change with them)
-_DENSE_ONLY_BACKBONE = (
-    "prune_layers",
-    "keep_ratios",
-    "tau",
-    "selector_init",
-    "selector_inference",
-    "linkage",
-    "proportional_attention",
-)
+_DENSE_ONLY_BACKBONE = PRUNING_KEYS
 
 
 @dataclass(frozen=True)

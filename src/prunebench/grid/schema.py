@@ -31,12 +31,8 @@ SECTIONS = (
     "slurm",
     "imports",
 )
-BACKBONE_KEYS = (
-    "family",
-    "arch",
-    "embed_dim",
-    "depth",
-    "num_heads",
+#: backbone keys of the pruning (and merging) only: the dense run ignores them
+PRUNING_KEYS = (
     "prune_layers",
     "keep_ratios",
     "tau",
@@ -44,6 +40,14 @@ BACKBONE_KEYS = (
     "selector_inference",
     "linkage",
     "proportional_attention",
+)
+BACKBONE_KEYS = (
+    "family",
+    "arch",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    *PRUNING_KEYS,
     "drop_path_rate",
     "pretrained",
     *(key for keys in FAMILY_ARGS.values() for key in keys),
