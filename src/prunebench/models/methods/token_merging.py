@@ -14,11 +14,13 @@ No parameters: a dense checkpoint loads as it is.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from timm.models.vision_transformer import Block
 
 from .clustering import LINKAGES, agglomerative, bipartite_matching
@@ -52,6 +54,13 @@ class TokenMerging(nn.Module):
             raise ValueError(f"unknown linkage {linkage!r}; expected one of {LINKAGES}")
         self.algorithm, self.linkage, self.proportional_attention = algorithm, linkage, proportional_attention
         self.ratios = stage_ratios([float(r) for r in keep_ratios])
+        if algorithm == "tome" and min(self.ratios, default=1.0) < 0.5:
+            print_log(
+                f"tome merges at most half the tokens per block (as ATC's code): stage ratios "
+                f"{self.ratios} below 0.5 give 0.5",
+                logger="current",
+                level=logging.WARNING,
+            )
         self.layer_of_block = {int(b): j for j, b in enumerate(prune_layers)}
         self.start()
 
