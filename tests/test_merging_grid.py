@@ -100,3 +100,31 @@ def test_pruned_tokens_is_a_three_valued_axis_in_the_effects(tmp_path, make_run)
         ("merge", "discard"): (pytest.approx(1.5), 2),
         ("preserve", "merge"): (pytest.approx(-0.5), 2),
     }
+
+
+def test_paper_comparison_puts_the_fates_beside_the_merging_methods(tmp_path, make_run):
+    s = tmp_path / "smoke-merging"
+    make_run(s, "dense", {"method": None}, box=40.0, mask=36.0, full=100.0, bb=60.0)
+    cells = {
+        "tome": {
+            "pruned_tokens": "merge",
+            "reactivation": False,
+            "rate": "fixed",
+            "selector": "key-similarity",
+        },
+        "atc": {
+            "pruned_tokens": "merge",
+            "reactivation": False,
+            "rate": "fixed",
+            "selector": "key-similarity",
+        },
+        None: {"pruned_tokens": "merge", "reactivation": False, "rate": "fixed", "selector": "mlp"},
+    }
+    for i, (method, axes) in enumerate(cells.items()):
+        make_run(
+            s, f"run{i}", {**axes, "method": method}, box=39.0 - i, mask=35.0, full=80.0, bb=40.0, keep=0.5
+        )
+    rep = build_report(s, paper=True)
+    rows = {r.method: r for r in rep.paper.methods}
+    assert list(rows) == ["tome", "atc", "merge-noreact-fixed-mlp"]
+    assert rows["merge-noreact-fixed-mlp"].d_box_ap.mean == pytest.approx(-3.0)
