@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from .tokens import feed_forward
+
 __all__ = ["Clusters", "attend_sized", "block_sized", "mean_keys"]
 
 
@@ -111,8 +113,7 @@ def block_sized(blk: Block, x: torch.Tensor, bias: Optional[torch.Tensor] = None
     """``blk`` on ``x`` with an additive key ``bias`` (proportional attention; None: plain)."""
     if bias is None:
         return blk(x)
-    a, _ = attend_sized(blk, x, bias)
-    return a + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(a))))
+    return feed_forward(blk, attend_sized(blk, x, bias)[0])
 
 
 def mean_keys(k: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from timm.models.vision_transformer import Block
 
 from .clustering import LINKAGES, agglomerative, bipartite_matching
 from .merging import Clusters, attend_sized, block_sized, mean_keys
+from .tokens import feed_forward
 
 __all__ = ["TokenMerging", "stage_ratios"]
 
@@ -89,5 +90,5 @@ class TokenMerging(nn.Module):
             clusters = self.clusters or Clusters.identity(x)
             a, self.clusters = clusters.merge(a, step, width)
             self._mask = self.clusters.representatives()
-            x = a + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(a))))
+            x = feed_forward(blk, a)
         return x, self._mask
