@@ -281,7 +281,7 @@ def test_a_dense_checkpoint_loads_into_a_class_token_method(monkeypatch):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(method="tome"), "unknown method"),
+        (dict(method="no-such-method"), "unknown method"),
         (dict(method="evo-vit", pruned_tokens="discard", reactivation=False), "needs pruned_tokens"),
         (dict(method="evo-vit", prune_layers=[0, 6], keep_ratios=[0.5, 0.5]), "start at block 1"),
     ],

@@ -13,11 +13,13 @@ from typing import Any
 
 #: axis -> its values, in display order.
 PRUNING_AXES: dict[str, tuple] = {
-    "pruned_tokens": ("discard", "preserve"),
+    "pruned_tokens": ("discard", "preserve", "merge"),
     "reactivation": (False, True),
     "rate": ("fixed", "dynamic"),
     "selector": ("mlp", "gating"),
 }
+#: the matrix a grid without ``axes`` sweeps: the paper's 16 cells (``merge`` is swept by naming it).
+DEFAULT_MATRIX: dict[str, tuple] = {**PRUNING_AXES, "pruned_tokens": ("discard", "preserve")}
 #: value of an axis a grid does not sweep.
 AXIS_DEFAULTS: dict[str, Any] = {
     "pruned_tokens": "preserve",
@@ -90,12 +92,30 @@ TIMM_NAMES: dict[str, str] = {
 REFERENCE_LAYERS: list[int] = [3, 4, 5, 6, 7, 8, 9, 10, 11]
 REFERENCE_RATIOS: list[float] = [0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343]
 
+#: the finetune-only axis of a keep ratio per stage: pruning layers of stage s (0-based, stages of
+#: the run's schedule, its method's own included) keep ``keep ** (s + 1)`` of all tokens.
+KEEP_AXIS = "keep"
+
+
+def keep_schedule(keep_ratios: list[float], keep: float) -> list[float]:
+    """``keep_ratios`` of a schedule rewritten for a keep ratio per stage (:data:`KEEP_AXIS`)."""
+    return [round(keep ** (s + 1), 9) for s in stages(keep_ratios)]
+
+
+#: ATC's linkage functions (backbone ``linkage`` of ``method: atc``).
+LINKAGES: tuple[str, ...] = ("average", "complete", "single")
+
 #: precisions a benchmark can run in (autocast dtypes besides plain fp32).
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 
 IMPOSSIBLE_REASON = (
     "discard + reactivation: a discarded token has no state to come back with "
     "(reactivation needs pruned_tokens=preserve)"
+)
+
+MERGE_REACTIVATION_REASON = (
+    "merge + reactivation: a merged token has no state of its own to come back with "
+    "(pruned_tokens=merge needs reactivation=false)"
 )
 
 #: short tags used in run ids (``preserve-react-dyn-mlp``).
@@ -108,6 +128,8 @@ def impossible(cell: Mapping[str, Any]) -> str | None:
     """Why a combination of axis values cannot run, or None when it can."""
     if cell.get("pruned_tokens") == "discard" and cell.get("reactivation"):
         return IMPOSSIBLE_REASON
+    if cell.get("pruned_tokens") == "merge" and cell.get("reactivation"):
+        return MERGE_REACTIVATION_REASON
     return None
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "PRESETS",
     "OURS",
     "CLASS_ATTENTION",
+    "KEY_SIMILARITY",
     "preset",
     "plugin_selectors",
     "method_cell",
@@ -30,6 +31,8 @@ __all__ = [
 
 #: the ``selector`` axis value of the methods that rank by class attention (no learned selector).
 CLASS_ATTENTION = "class-attention"
+#: the ``selector`` axis value of the merging methods (key similarity, nothing learned).
+KEY_SIMILARITY = "key-similarity"
 _STAGES = [3, 6, 9]  # before blocks 4, 7, 10 (1-based)
 _STAGE_RATIOS = [0.7, 0.49, 0.343]  # 0.7 of the previous stage each
 #: DynamicViT's own settings: its attention masking in training, its ``int(r*N)`` token counts
@@ -53,7 +56,9 @@ class Preset:
     (``selector_lr_mult``: the selectors' lr multiplier; ``frozen_share``: the share of the
     finetune at its start during which every other parameter has lr 0); ``source``: where its
     semantics come from; ``prior``: a prior method of the paper's headline comparison (~1.5 vs
-    ~0.3 mAP drop).
+    ~0.3 mAP drop);
+    ``off_the_shelf``: the method adds no parameters, so a dense checkpoint runs it as it is
+    (no finetune needed).
     """
 
     name: str
@@ -63,6 +68,7 @@ class Preset:
     protocol: dict[str, float] = field(default_factory=dict)
     source: str = ""
     prior: bool = False
+    off_the_shelf: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -131,6 +137,18 @@ PRESETS: dict[str, Preset] = {
             dict(method="ats", prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
             source="adaptivetokensampling/ATS at the other methods' budgets",
         ),
+        # token merging at blocks 3/6/9 after the attention residual, int(0.7 * T) tokens each:
+        # bipartite soft matching (ToMe) or agglomerative clustering (ATC), proportional attention
+        *(
+            Preset(
+                name,
+                dict(pruned_tokens="merge", reactivation=False, rate="fixed", selector=KEY_SIMILARITY),
+                dict(method=name, prune_layers=_STAGES, keep_ratios=_STAGE_RATIOS),
+                source=f"{source}; JoakimHaurum/ATC (MMDet_setup)",
+                off_the_shelf=True,
+            )
+            for name, source in (("tome", "Bolya et al., ICLR 2023"), ("atc", "Haurum et al., ECCV 2024"))
+        ),
     )
 }
 #: the method whose drop the prior methods' drops are compared with.
@@ -159,11 +177,11 @@ def plugin_selectors() -> tuple[str, ...]:
 
 def backbone_args(name: str, args: dict) -> dict:
     """Backbone arguments of a ``name`` finetune: ``args`` (the grid's), the method's four axes
-    (the class-attention methods have no selector: their ``selector`` value is a label) and its
+    (the class-attention and merging methods have no selector: their ``selector`` value is a label) and its
     own settings."""
     p = preset(name)
     out = {**args, **p.axes, **p.backbone}
-    if out.get("selector") == CLASS_ATTENTION:
+    if out.get("selector") in (CLASS_ATTENTION, KEY_SIMILARITY):
         del out["selector"]
     return out
 

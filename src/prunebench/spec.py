@@ -16,8 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .axes import BENCH_DEFAULTS, FAMILY_ARGS, METHOD_AXIS, PRUNING_AXES, id_prefix, impossible
+from .axes import (
+    BENCH_DEFAULTS,
+    FAMILY_ARGS,
+    KEEP_AXIS,
+    METHOD_AXIS,
+    PRUNING_AXES,
+    id_prefix,
+    impossible,
+    keep_schedule,
+)
 from .grid import Grid, GridError
+from .grid.schema import PRUNING_KEYS
 from .presets import backbone_args, method_cell, preset
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
@@ -26,7 +36,7 @@ _NOT_MEANING = {
     "schedule": ("checkpoint_interval", "log_interval"),
 }
 #: pruning settings: not the dense run's (its id does not change with them)
-_DENSE_ONLY_BACKBONE = ("prune_layers", "keep_ratios", "tau", "selector_init", "selector_inference")
+_DENSE_ONLY_BACKBONE = PRUNING_KEYS
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,9 @@ def cells(grid: Grid) -> tuple[list[tuple[str | None, dict]], list[tuple[dict, s
         cell = {k: grid.axes[k][0] for k in grid.axes}
         cell = method_cell({**cell, **{k: v for k, v in point.items() if k != "name"}})
         if impossible(cell):
-            raise GridError(f"{grid.path}: include: {point}: {impossible(cell)}. Fix: use preserve")
+            raise GridError(
+                f"{grid.path}: include: {point}: {impossible(cell)}. Fix: change one of the two values"
+            )
         kept.append((point.get("name"), cell))
     return kept, excluded
 
@@ -160,7 +172,9 @@ def _backbone_identity(backbone: dict) -> dict:
 def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     """All runs of the grid, dense runs first, and the (cell, reason) pairs left out."""
     kept, excluded = cells(grid)
-    pruning = [*PRUNING_AXES, *([METHOD_AXIS] if METHOD_AXIS in grid.axes else [])]  # finetunes' own
+    with_method = METHOD_AXIS in grid.axes or any(METHOD_AXIS in cell for _, cell in kept)  # `include`
+    pruning = [*PRUNING_AXES, *([METHOD_AXIS] if with_method else [])]  # finetunes' own
+    pruning += [KEEP_AXIS] if KEEP_AXIS in grid.axes else []
     others_keys = [k for k in grid.axes if k not in pruning]
     for _, cell in kept:  # dotted keys that only `include` points set
         others_keys += [k for k in cell if k not in pruning and k not in others_keys]
@@ -174,7 +188,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
         for name, cell in kept:
             others = {k: cell[k] for k in others_keys if k in cell}
             dense_bb, dense_sched, dense_over = resolve(grid, others)  # pruning values: finetunes only
-            backbone, schedule, overrides = resolve(grid, {**others, **{k: cell[k] for k in pruning}})
+            backbone, schedule, overrides = resolve(grid, {**others, **{k: cell.get(k) for k in pruning}})
             common = _shared(dense_sched)
             arch = backbone["arch"]
             tag = "".join(f"-{str(cell[k]).split('-')[-1]}" for k in tagged)
@@ -205,7 +219,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
                     schedule={**common, **dense_sched["dense"]},
                 )
             dense = dense_runs[dkey]
-            axes = {**{k: cell[k] for k in pruning}, **others}
+            axes = {**{k: cell.get(k) for k in pruning}, **others}
             ft_sched = {**_shared(schedule), **schedule["finetune"]}
             args = {
                 **{k: v for k, v in backbone.items() if k != "pretrained"},
@@ -213,6 +227,9 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             }
             if METHOD_AXIS in cell:
                 args, ft_sched = _method_settings(cell[METHOD_AXIS], args, ft_sched)
+            if KEEP_AXIS in cell:
+                args["keep_ratios"] = keep_schedule(args["keep_ratios"], cell[KEEP_AXIS])
+                tag += f"-k{cell[KEEP_AXIS]:g}"
             payload = {
                 **dense_payload,
                 "dense": dense.run_id,

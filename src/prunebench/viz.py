@@ -1,4 +1,5 @@
-"""Token keep maps: which tokens each pruning layer kept, drawn over the input image."""
+"""Token keep maps: which tokens each pruning layer kept, drawn over the input image (where tokens
+are merged, ``tome`` / ``atc`` / ``pruned_tokens: merge``: one colour per merged token)."""
 
 from __future__ import annotations
 
@@ -126,21 +127,40 @@ def preprocess(image_path: Path, cfg):
     return x.unsqueeze(0), rgb
 
 
-def keep_masks(backbone, x) -> list:
-    """Run the backbone in eval mode on ``x``; the (B, N) bool keep mask of each pruning layer."""
+def keep_masks(backbone, x) -> tuple[list, list]:
+    """Run the backbone in eval mode on ``x``; the (B, N) bool keep mask of each pruning layer and
+    its (B, N) cluster of each token where tokens are merged (None elsewhere)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone.to(device).eval()
     with torch.no_grad():
         backbone(x.to(device))
-    return [m.cpu() for m in backbone.last_keep_masks]
+    clusters = getattr(backbone, "last_clusters", None) or [None] * len(backbone.last_keep_masks)
+    return [m.cpu() for m in backbone.last_keep_masks], [c if c is None else c.cpu() for c in clusters]
+
+
+def cluster_colours(assign, seed: int = 0):
+    """(N, 3) float RGB in [0, 1]: one random colour per cluster id of ``assign`` (N,)."""
+    import numpy as np
+
+    ids = np.asarray(assign)
+    palette = np.random.default_rng(seed).uniform(0.15, 1.0, size=(int(ids.max()) + 1, 3))
+    return palette[ids]
 
 
 def draw(
-    rgb, masks: list, layers: list[int], grid_hw: tuple[int, int], patch: int, title: str, out: Path
+    rgb,
+    masks: list,
+    layers: list[int],
+    grid_hw: tuple[int, int],
+    patch: int,
+    title: str,
+    out: Path,
+    clusters: list | None = None,
 ) -> None:
-    """One panel per pruning layer: the image with pruned tokens dimmed and a token grid.
+    """One panel per pruning layer: the image with pruned tokens dimmed and a token grid, or,
+    where the layer's tokens are merged (``clusters``), each merged token's positions in one colour.
     ``grid_hw``: the token grid of the padded input (padding tokens are cut off the picture)."""
     import matplotlib
 
@@ -155,18 +175,23 @@ def draw(
     fig, axs = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows * h / w + 0.6), squeeze=False)
     for ax in axs.flat[n:]:
         ax.axis("off")
-    for ax, mask, layer in zip(axs.flat, masks, layers):
+    for ax, mask, layer, assign in zip(axs.flat, masks, layers, clusters or [None] * n):
         grid = mask[0].reshape(grid_hw).numpy()
         # token (i, j) covers pixels [i*patch, (i+1)*patch); drop the padding rows/columns.
         kept = np.repeat(np.repeat(grid, patch, 0), patch, 1)[:h, :w]
         shown = np.where(kept[..., None], rgb, (rgb * 0.25).astype(rgb.dtype))
+        if assign is not None:
+            colour = cluster_colours(assign[0]).reshape(*grid_hw, 3)
+            colour = np.repeat(np.repeat(colour, patch, 0), patch, 1)[:h, :w]
+            shown = (0.45 * rgb + 0.55 * 255 * colour).astype(rgb.dtype)
         ax.imshow(shown)
         ax.set_xticks(np.arange(0, w, patch) - 0.5, minor=True)
         ax.set_yticks(np.arange(0, h, patch) - 0.5, minor=True)
         ax.grid(which="minor", color="white", lw=0.2, alpha=0.3)
         ax.tick_params(which="both", bottom=False, left=False, labelbottom=False, labelleft=False)
+        what = "kept" if assign is None else "merged into"
         ax.set_title(
-            f"before block {layer + 1}: kept {int(grid.sum())}/{grid.size} ({grid.mean():.0%})", fontsize=10
+            f"before block {layer + 1}: {what} {int(grid.sum())}/{grid.size} ({grid.mean():.0%})", fontsize=10
         )
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -198,7 +223,7 @@ def make_keep_maps(source: Path, image: Path, out: Path) -> dict:
             "run); every token is kept, so there is nothing to show"
         )
     x, rgb = preprocess(image, cfg)
-    masks = keep_masks(backbone, x)
+    masks, clusters = keep_masks(backbone, x)
     patch = backbone.patch_size
     grid_hw = tuple(math.ceil(s / 32) * 32 // patch for s in x.shape[-2:])  # PrunedViT pads to 32
     weights = f"weights: {ckpt.name}" if ckpt else "RANDOM WEIGHTS (no checkpoint)"
@@ -206,7 +231,7 @@ def make_keep_maps(source: Path, image: Path, out: Path) -> dict:
         f"{Path(source).name} ({method_label(source, backbone)}) on {Path(image).name} "
         f"(input {rgb.shape[1]}x{rgb.shape[0]} px) — {weights}"
     )
-    draw(rgb, masks, backbone.prune_layers, grid_hw, patch, title, Path(out))
+    draw(rgb, masks, backbone.prune_layers, grid_hw, patch, title, Path(out), clusters)
     return {
         "checkpoint": ckpt,
         "layers": list(backbone.prune_layers),

@@ -6,9 +6,9 @@ the neck under ``torch.autocast``; the RPN and RoI heads get the features back i
 MMCV's NMS and RoIAlign have no bf16 kernels (nor fp16 ones on CPU). FLOPs come from MMEngine's
 complexity analysis on the first timed input (jit trace of the eval path, so pruned blocks count
 only their gathered tokens; one multiply-add counts as one FLOP, as in fvcore, plus handles for
-what MMEngine does not count: ``scaled_dot_product_attention`` and the adapter's deformable
-attention, ``OP_HANDLES``); ``vit_blocks`` is the analytic count of the ViT blocks, averaged over
-all timed images.
+what MMEngine does not count: ``scaled_dot_product_attention``, the adapter's deformable
+attention and ATC's clustering, ``OP_HANDLES``); ``vit_blocks`` is the analytic count of the ViT
+blocks, averaged over all timed images.
 """
 
 from __future__ import annotations
@@ -81,8 +81,19 @@ def _mmcv_deform_attn_flop(inputs, outputs) -> int:
     return deform_attn_flops(math.prod(get_shape(inputs[4])), get_shape(inputs[0])[-1])
 
 
+def _clustering_flop(inputs, outputs) -> int:
+    """ATC's agglomerative clustering (SciPy, invisible to the trace) of (B, T, T) distances."""
+    from mmengine.analysis.jit_handles import get_shape
+
+    from ..models.methods.clustering import clustering_flops
+
+    B, T, _ = get_shape(inputs[0])
+    return clustering_flops(B, T)
+
+
 #: FLOP handles of the ops MMEngine's FlopAnalyzer does not count (one multiply-add = one FLOP).
 OP_HANDLES = {
+    "prim::PythonOp.AgglomerativeClustering": _clustering_flop,
     "aten::scaled_dot_product_attention": _sdpa_flop,
     "aten::embedding_bag": _gather_flop,
     "prim::PythonOp.MultiScaleDeformableAttnFunction": _mmcv_deform_attn_flop,

@@ -31,17 +31,23 @@ SECTIONS = (
     "slurm",
     "imports",
 )
+#: backbone keys of the pruning (and merging) only: the dense run ignores them
+PRUNING_KEYS = (
+    "prune_layers",
+    "keep_ratios",
+    "tau",
+    "selector_init",
+    "selector_inference",
+    "linkage",
+    "proportional_attention",
+)
 BACKBONE_KEYS = (
     "family",
     "arch",
     "embed_dim",
     "depth",
     "num_heads",
-    "prune_layers",
-    "keep_ratios",
-    "tau",
-    "selector_init",
-    "selector_inference",
+    *PRUNING_KEYS,
     "drop_path_rate",
     "pretrained",
     *(key for keys in FAMILY_ARGS.values() for key in keys),

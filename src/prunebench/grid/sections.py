@@ -13,8 +13,11 @@ from typing import Any
 from ..axes import (
     ARCHS,
     AXIS_DEFAULTS,
+    DEFAULT_MATRIX,
     FAMILIES,
     FAMILY_ARGS,
+    KEEP_AXIS,
+    LINKAGES,
     PRECISIONS,
     PRUNING_AXES,
     REFERENCE_LAYERS,
@@ -49,6 +52,7 @@ def _check_backbone(c: _Checker, raw: Any, grid_path: Path) -> dict:
         ("family", FAMILIES),
         ("selector_init", SELECTOR_INITS),
         ("selector_inference", SELECTOR_INFERENCE),
+        ("linkage", LINKAGES),
     ):
         if key in bb and bb[key] not in allowed:
             raise c.fail(f"backbone.{key}", f"unknown {key} {bb[key]!r}", f"use one of {', '.join(allowed)}")
@@ -168,7 +172,7 @@ def _check_bench(c: _Checker, raw: Any) -> dict:
 
 def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
     if raw is None:
-        return {k: list(v) for k, v in PRUNING_AXES.items()}
+        return {k: list(v) for k, v in DEFAULT_MATRIX.items()}
     raw = c.typed("axes", raw, dict, "a mapping of axis -> list of values")
     check_method_axes(c, raw)
     axes = {}
@@ -190,13 +194,21 @@ def _check_axes(c: _Checker, raw: Any) -> dict[str, list]:
                     raise c.fail(
                         f"axes.{key}[{i}]", f"unknown family {v!r}", f"use one of {', '.join(FAMILIES)}"
                     )
+        elif key == KEEP_AXIS:
+            for i, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise c.fail(
+                        f"axes.{key}[{i}]",
+                        f"keep ratio per stage {v!r} is not in (0, 1]",
+                        "use shares of the previous stage's tokens such as 0.7",
+                    )
         elif "." not in key:
-            close = difflib.get_close_matches(key, [*PRUNING_AXES, METHOD_AXIS, "family"], n=1)
+            close = difflib.get_close_matches(key, [*PRUNING_AXES, METHOD_AXIS, "family", KEEP_AXIS], n=1)
             hint = (
                 f"did you mean `{close[0]}`?"
                 if close
-                else f"use a pruning axis ({', '.join(PRUNING_AXES)}), `method`, `family` or a dotted "
-                "MMEngine config key such as model.backbone.arch"
+                else f"use a pruning axis ({', '.join(PRUNING_AXES)}), `method`, `family`, `keep` or a "
+                "dotted MMEngine config key such as model.backbone.arch"
             )
             raise c.fail(f"axes.{key}", "unknown axis", hint)
         elif key == "model.backbone.arch":
@@ -283,7 +295,8 @@ def _check_points(c: _Checker, section: str, raw: Any, axes: dict, named: bool) 
                 continue
             if (axis in PRUNING_AXES or axis == METHOD_AXIS) and value not in axis_values(axis):
                 raise c.fail(f"{key}.{axis}", *unknown_value(axis, value))
-            if axis not in PRUNING_AXES and (axis not in axes and (not named or "." not in axis)):
+            own = axis in PRUNING_AXES or (axis == METHOD_AXIS and named)  # include: a method too
+            if not own and (axis not in axes and (not named or "." not in axis)):
                 raise c.fail(f"{key}.{axis}", "not an axis of this grid", f"use one of {', '.join(axes)}")
         points.append(dict(point))
     return points

@@ -194,9 +194,17 @@ class PruningPolicy(Protocol):
 
     def drop(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    def unmerge(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def remerge(self, full: torch.Tensor) -> torch.Tensor: ...
+
 
 class InteractionBlock(nn.Module):
     """Injector -> a group of ViT blocks (run by the policy) -> extractor(s).
+
+    The policy's ``x`` is its current token sequence (merged tokens where it merges): the
+    injector and the extractors see its full map (``unmerge``), the injector's output is merged
+    back (``remerge``).
 
     The last interaction has two extra extractors (``extra_extractor``), as in ViT-Adapter.
     """
@@ -221,12 +229,15 @@ class InteractionBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, geo: Geometry, policy: PruningPolicy, blocks: Iterable[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.injector(x, c, geo, policy.present())
+        # merged tokens (tome, atc, pruned_tokens: merge): the injector runs on the unmerged map
+        # and its output is re-merged; the extractors read an unmerged copy
+        x = policy.remerge(self.injector(policy.unmerge(x), c, geo, policy.present()))
         for i in blocks:
             x = policy.run_block(i, x)
         x = policy.drop(x)
         present = policy.present()
         absent = None if present is None else ~present
+        full = policy.unmerge(x)
         for extractor in [self.extractor, *(self.extra_extractors or [])]:
-            c = extractor(c, x, geo, absent)
+            c = extractor(c, full, geo, absent)
         return x, c

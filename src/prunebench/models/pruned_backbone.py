@@ -11,7 +11,10 @@ The policy, as in the official SViT code:
 
 ``method`` other than ``selector`` hands each block to a prior method's mechanism instead
 (:mod:`prunebench.models.methods`: EViT, Evo-ViT, ATS rank tokens by an added class token's
-attention); the backbone keeps the bookkeeping (``keep``, ``last_keep_masks``).
+attention; ToMe and ATC merge tokens); the backbone keeps the bookkeeping (``keep``,
+``last_keep_masks``). Where tokens are merged (``tome``, ``atc``, ``pruned_tokens: merge``:
+:mod:`.methods.merge_fate`), ``unmerge`` / ``remerge`` turn the current tokens into the full map
+and back.
 
 Two execution paths give the same result:
 
@@ -44,6 +47,8 @@ from ..distributed import all_ranks_sum
 from .blocks import SPARSE_MODES, gated_block, sparse_block
 from .deit_weights import load_pretrained
 from .methods import build_mechanism
+from .methods.merge_fate import merge_pruned, merged_block
+from .methods.merging import Clusters
 from .policy import MASKINGS, policy_block
 from .selectors import ROUNDINGS, build_selector, keep_decision, selector_names
 
@@ -81,6 +86,8 @@ class PrunedBackbone(BaseModule):
         rate: str = "fixed",
         selector: str = "mlp",
         method: str = "selector",
+        linkage: str = "average",
+        proportional_attention: bool = True,
         tau: float = 1.0,
         selector_init: str = "official",
         selector_inference: str = "argmax",
@@ -126,6 +133,7 @@ class PrunedBackbone(BaseModule):
         self.pretrained, self.sparse_mode, self.masked_eval = pretrained, sparse_mode, masked_eval
         self.masking, self.rounding = masking, rounding
         self.last_keep_masks: list[torch.Tensor] = []
+        self.last_clusters: list[Optional[torch.Tensor]] = []  # per pruning layer, merged tokens only
         self._decisions: list[tuple[torch.Tensor, float]] = []
         self._layer_of_block = {b: j for j, b in enumerate(prune_layers)}
         # selector index of each pruning layer: its own (reactivation) or its stage's first layer's
@@ -151,7 +159,10 @@ class PrunedBackbone(BaseModule):
             ]
         )
         self.method, self.selector = method, selector
-        self.mechanism = build_mechanism(method, embed_dim, prune_layers, keep_ratios, pruned_tokens)
+        merging = dict(linkage=linkage, proportional_attention=proportional_attention)
+        self.mechanism = build_mechanism(
+            method, embed_dim, prune_layers, keep_ratios, pruned_tokens, **merging
+        )
         n_selectors = 0 if self.mechanism else len(set(self.selector_of_layer))
         self.selectors = nn.ModuleList([build_selector(selector, embed_dim) for _ in range(n_selectors)])
         self.register_load_state_dict_post_hook(_fresh_selectors_hook)
@@ -206,6 +217,8 @@ class PrunedBackbone(BaseModule):
         self._current: Optional[int] = None
         self._fresh = False
         self._masks: list[torch.Tensor] = []
+        self._assignments: list[Optional[torch.Tensor]] = []  # merged tokens: cluster of each token
+        self._clusters: Optional[Clusters] = None  # pruned_tokens: merge
         self._decisions = []
         self._calibration: list[str] = []
         if self.mechanism is not None:
@@ -214,6 +227,7 @@ class PrunedBackbone(BaseModule):
     def finish_pruning(self) -> None:
         """Publish ``last_keep_masks`` (and log the calibration of fresh selectors, if any)."""
         self.last_keep_masks = self._masks
+        self.last_clusters = self._assignments
         if self._calibration:
             print_log(
                 f"{type(self).__name__}: calibrated fresh selectors on the global batch: "
@@ -237,14 +251,19 @@ class PrunedBackbone(BaseModule):
             x, self._keep = self.mechanism.run_block(i, blk, x)
             self._hard = self._keep
             if j is not None:
-                self._masks.append(self._keep)
+                self._record()
             return x
         if j is not None:
             if self.selector_of_layer[j] != self._current:
-                self._decide(j, x)
-            self._masks.append(self._hard)
+                full = self.unmerge(x)
+                self._decide(j, full)
+                if self.pruned_tokens == "merge":
+                    x, self._clusters = merge_pruned(blk, full, self._clusters, self._hard, self._keep)
+            self._record()
         if self._keep is None:
             return blk(x)
+        if self.pruned_tokens == "merge":
+            return merged_block(blk, x, self._clusters, sparse=not (self.training or self.masked_eval))
         if not (self.training or self.masked_eval):
             return sparse_block(blk, x, self._hard, mode=self.sparse_mode)
         if self.masking == "policy":  # DynamicViT: the decision in every later block's softmax
@@ -252,6 +271,32 @@ class PrunedBackbone(BaseModule):
         gate = self._keep if self._fresh else self._hard  # later blocks of a stage: hard, no gradient
         self._fresh = False
         return gated_block(blk, x, gate, self._hard)
+
+    def _record(self) -> None:
+        """A pruning layer's keep mask and, where tokens are merged, their clusters."""
+        self._masks.append(self._hard)
+        clusters = self.clusters
+        self._assignments.append(None if clusters is None else clusters.assign)
+
+    # ------------------------------------------------------------------ merged tokens
+
+    @property
+    def clusters(self) -> Optional[Clusters]:
+        """The merge state of the current forward (``tome``, ``atc``, ``pruned_tokens: merge``);
+        None while no token is merged."""
+        return self._clusters if self.mechanism is None else getattr(self.mechanism, "clusters", None)
+
+    def unmerge(self, x: torch.Tensor) -> torch.Tensor:
+        """The full token map (B, N, D) of the current tokens: each position takes its merged
+        token's value (``x`` itself when no token is merged)."""
+        clusters = self.clusters
+        return x if clusters is None else clusters.unmerge(x)
+
+    def remerge(self, full: torch.Tensor) -> torch.Tensor:
+        """The current tokens of a full map (each merged token the mean of its positions, as ATC
+        re-merges an injector's output); ``full`` itself when no token is merged."""
+        clusters = self.clusters
+        return full if clusters is None else clusters.remerge(full)
 
     def _decide(self, j: int, x: torch.Tensor) -> None:
         s = self.selector_of_layer[j]

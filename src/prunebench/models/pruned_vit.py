@@ -57,8 +57,9 @@ class PrunedViT(PrunedBackbone):
             ``num_heads`` override its dimensions.
         prune_layers: 0-based block indices that may prune; ``[]`` is dense.
         keep_ratios: target fraction of all N tokens kept at each pruning layer, in (0, 1].
-        pruned_tokens: ``preserve`` (pruned tokens keep their value and reach the output) or
-            ``discard`` (their position in the final token map is zero).
+        pruned_tokens: ``preserve`` (pruned tokens keep their value and reach the output),
+            ``discard`` (their position in the final token map is zero) or ``merge`` (each joins its
+            most similar kept token and takes its value in the output; no reactivation).
         reactivation: a selector at every pruning layer scores all tokens (needs ``preserve``);
             otherwise one selector per stage of equal ratios, and the kept sets nest.
         rate: ``fixed`` (exactly ``round(r*N)`` tokens per image at inference; per-image
@@ -67,7 +68,9 @@ class PrunedViT(PrunedBackbone):
         method: ``selector`` (the learned selectors of the four axes) or a prior method's
             mechanism, ``evit`` | ``evo-vit`` | ``ats`` (:mod:`prunebench.models.methods`; they
             ignore ``reactivation``, ``rate``, ``selector``, ``selector_*``, ``sparse_mode`` and
-            ``masked_eval``).
+            ``masked_eval``), or a merging method, ``tome`` | ``atc`` (``pruned_tokens: merge``).
+        linkage: ``atc``'s linkage, ``average`` | ``complete`` | ``single``.
+        proportional_attention: merged tokens attend with ``log(size)`` added to their logits.
         tau: Gumbel-softmax temperature.
         selector_init: how fresh selectors start: ``official`` (default layer init, about 50 %
             kept each), ``target`` (``logit(share)`` bias) or ``calibrated`` (also calibrated on
@@ -104,7 +107,7 @@ class PrunedViT(PrunedBackbone):
         for i in range(len(self.blocks)):
             x = self.run_block(i, x)
         self.finish_pruning()
-        x = self.last_tokens = self.norm(x)
+        x = self.last_tokens = self.norm(self.unmerge(x))
         if self.pruned_tokens == "discard" and self.keep is not None:
             x = x * self.keep.to(x.dtype).unsqueeze(-1)
         B, _, D = x.shape

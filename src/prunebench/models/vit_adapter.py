@@ -141,7 +141,7 @@ class PrunedViTAdapter(PrunedBackbone):
         for (first, last), interaction in zip(self.interaction_indexes, self.interactions):
             x, c = interaction(x, c, geo, self, range(first, last + 1))
         self.finish_pruning()
-        self.last_tokens = x
+        x = self.last_tokens = self.unmerge(x)
 
         levels = c.split([a * b for a, b in geo.cnn_shapes], dim=1)
         c2, c3, c4 = (to_map(t, hh, ww) for t, (hh, ww) in zip(levels, geo.cnn_shapes))

@@ -1,4 +1,5 @@
-"""The paper's comparison (``--paper`` on runs with a ``method`` axis): per method its change vs
+"""The paper's comparison (``--paper`` on runs with a ``method`` axis): per method (and per four-axis
+cell run beside the methods, e.g. the three fates of ``smoke-merging.yaml``) its change vs
 its own dense parent with the 95 % t-interval over seeds, its speed-ups and keep ratio, beside the
 values a primary source publishes; and the verdict on the headline, the prior methods' mean drop
 against the paper's method's (about −1.5 vs −0.3 AP in the paper)."""
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..axes import METHOD_AXIS, PRUNING_AXES
+from ..axes import METHOD_AXIS, PRUNING_AXES, id_prefix
 from ..presets import OURS, PRESETS
 from .schema import MethodRow, MethodVerdict, cell, short_axis
 from .stats import t_interval
@@ -57,12 +58,17 @@ def published(method: str, arch: str | None, paper: dict) -> dict:
 def compare_methods(run_rows: list[dict], paper: dict) -> tuple[list[MethodRow], list[MethodVerdict]]:
     """The comparison rows and headline verdicts from the per-run rows (one per finished run)."""
     groups: dict[str, tuple[str, dict[str, list[dict]]]] = {}
+    with_method = set()  # groups with a method's run; their four-axis runs (e.g. fates) join them
     for r in run_rows:
         method = r["axes"].get(METHOD_AXIS)
-        if r["dense"] or method is None:
+        four_axes = all(r["axes"].get(a) is not None for a in PRUNING_AXES)
+        if r["dense"] or (method is None and not four_axes):
             continue
         key, label = _group(r)
-        groups.setdefault(key, (label, {}))[1].setdefault(method, []).append(r)
+        if method is not None:
+            with_method.add(key)
+        groups.setdefault(key, (label, {}))[1].setdefault(method or id_prefix(r["axes"]), []).append(r)
+    groups = {k: v for k, v in groups.items() if k in with_method}
     rows, verdicts = [], []
     multi = len(groups) > 1
     for label, by_method in groups.values():
