@@ -27,7 +27,15 @@ SHAPE_OF = {
 }
 COLOUR_OF = {k: _COLOURS[i] for i, k in enumerate(product(PRUNING_AXES["rate"], PRUNING_AXES["selector"]))}
 _METHOD_COLOURS = (
-    "black", "tab:red", "tab:cyan", "tab:olive", "tab:gray", "navy", "darkgoldenrod", "darkgreen", "magenta"
+    "black",
+    "tab:red",
+    "tab:cyan",
+    "tab:olive",
+    "tab:gray",
+    "navy",
+    "darkgoldenrod",
+    "darkgreen",
+    "magenta",
 )
 METHOD_STYLE = {
     m: (_SHAPES[i % len(_SHAPES)], _METHOD_COLOURS[i % len(_METHOD_COLOURS)]) for i, m in enumerate(PRESETS)
