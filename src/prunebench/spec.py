@@ -18,6 +18,8 @@ from typing import Any
 
 from .axes import BENCH_DEFAULTS, FAMILY_ARGS, METHOD_AXIS, PRUNING_AXES, id_prefix, impossible
 from .grid import Grid, GridError
+from .grid.parent import check_off_the_shelf
+from .parent import content_hash
 from .presets import backbone_args, method_cell, preset
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
@@ -48,6 +50,11 @@ class RunSpec:
     backbone_args: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
     dense_schedule: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        """False for a run evaluated without training: a checkpoint parent, an off-the-shelf cell."""
+        return self.schedule.get("iters", self.schedule.get("epochs")) != 0
 
     def to_json(self) -> dict:
         return {**asdict(self), "depends_on": list(self.depends_on)}
@@ -154,6 +161,11 @@ def _backbone_identity(backbone: dict) -> dict:
     )
 
 
+def parent_stage(path: str) -> dict:
+    """The dense "stage" of a parent given as a checkpoint: no training, the file and its hash."""
+    return {"iters": 0, "lr": 0.0, "weight_decay": 0.0, "checkpoint": path, "sha256": content_hash(path)}
+
+
 def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     """All runs of the grid, dense runs first, and the (cell, reason) pairs left out."""
     kept, excluded = cells(grid)
@@ -176,30 +188,38 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             arch = backbone["arch"]
             tag = "".join(f"-{str(cell[k]).split('-')[-1]}" for k in tagged)
             dense_bb = {k: v for k, v in dense_bb.items() if k not in _DENSE_ONLY_BACKBONE}
+            parent = dense_sched["dense"].get("checkpoint")  # a parent given as a file: not trained
+            dense_stage = parent_stage(parent[seed]) if parent else dense_sched["dense"]
+            shared = parent and dense_sched["dense"]["shared"]  # one file for every seed
             dense_payload = {
                 "base": base_id,
                 "backbone": _backbone_identity(dense_bb),
                 "data": data_id,
-                "schedule": {**_meaning("schedule", common), **dense_sched["dense"]},
+                "schedule": (
+                    {"sha256": dense_stage["sha256"]}
+                    if parent
+                    else {**_meaning("schedule", common), **dense_stage}
+                ),
                 "overrides": {**dense_over, **others},
                 "axes": others,
-                "seed": seed,
+                "seed": None if shared else seed,
             }
             dkey = json.dumps(dense_payload, sort_keys=True, default=str)
             if dkey not in dense_runs:
-                rid = f"dense{tag}-s{seed}-{_digest(dense_payload)}"
+                seed_tag = "" if shared else f"-s{seed}"
+                rid = f"dense{tag}{'-ckpt' if parent else ''}{seed_tag}-{_digest(dense_payload)}"
                 dense_runs[dkey] = RunSpec(
                     rid,
                     grid.name,
                     "dense",
                     arch,
-                    seed,
+                    None if shared else seed,
                     {**dict.fromkeys(pruning), **others},
                     (),
                     {**dense_over, **others},
                     bench,
                     backbone_args={**dense_bb, "prune_layers": [], "keep_ratios": []},
-                    schedule={**common, **dense_sched["dense"]},
+                    schedule={**common, **dense_stage},
                 )
             dense = dense_runs[dkey]
             axes = {**{k: cell[k] for k in pruning}, **others}
@@ -210,6 +230,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             }
             if METHOD_AXIS in cell:
                 args, ft_sched = _method_settings(cell[METHOD_AXIS], args, ft_sched)
+            check_off_the_shelf(grid, cell, ft_sched, cell.get(METHOD_AXIS))
             payload = {
                 **dense_payload,
                 "dense": dense.run_id,

@@ -1,0 +1,167 @@
+"""A dense parent from a checkpoint (no dense training) and off-the-shelf cells (finetune length 0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from prunebench.grid import GridError, load_grid
+from prunebench.parent import content_hash
+from prunebench.spec import expand
+from prunebench.sweep import prepare
+
+GRID = """\
+name: parent
+base: mask-rcnn-vit-cpu
+backbone: {{embed_dim: {dim}, depth: 12, num_heads: 2, prune_layers: [3, 6], keep_ratios: [0.7, 0.5], out_channels: 16}}
+data: {{type: synthetic, num_train: 4, num_val: 2, image_size: [64, 64], num_classes: 2, img_scale: [64, 64], cache_dir: {cache}}}
+schedule: {{dense: {dense}, finetune: {{iters: {ft}}}}}
+axes:
+  method: {methods}
+seeds: {seeds}
+"""
+
+
+def grid(
+    tmp_path: Path, dense="{checkpoint: parent.pth}", methods="[svit, evit]", ft=2, seeds="[0, 1]", dim=32
+):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        GRID.format(dense=dense, methods=methods, ft=ft, seeds=seeds, dim=dim, cache=tmp_path / "cache")
+    )
+    return path
+
+
+def save_parent(tmp_path: Path, name: str = "parent.pth", dim: int = 32) -> Path:
+    """A dense detector's weights saved as an MMEngine checkpoint, built from a training grid's config."""
+    from mmdet.registry import MODELS
+
+    import prunebench.models  # noqa: F401
+
+    sub = tmp_path / f"build-{name}"
+    sub.mkdir()
+    s = prepare(grid(sub, dense="{iters: 1}", methods="[evit]", seeds="[0]", dim=dim), sub / "results")
+    cfg = Config.fromfile(str(s.sweep_dir / s.runs[0].run_id / "config.py"))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    path = tmp_path / name
+    torch.save({"meta": {}, "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_checkpoint_parent_plans_no_dense_training_and_finetunes_load_it(tmp_path):
+    ckpt = save_parent(tmp_path)
+    s = prepare(grid(tmp_path), tmp_path / "results")
+    dense = [r for r in s.runs if r.stage == "dense"]
+    assert len(dense) == 1 and not dense[0].trains  # one parent for both seeds, evaluated only
+    assert dense[0].seed is None and "-ckpt-" in dense[0].run_id
+    assert dense[0].schedule["sha256"] == content_hash(ckpt)
+    cfg = Config.fromfile(str(s.sweep_dir / dense[0].run_id / "config.py"))
+    assert cfg.load_from == str(ckpt.resolve())
+    finetunes = [r for r in s.runs if r.stage == "finetune"]
+    assert sorted(r.seed for r in finetunes) == [0, 0, 1, 1]
+    for r in finetunes:
+        assert r.trains and r.depends_on == (dense[0].run_id,)
+        assert Config.fromfile(str(s.sweep_dir / r.run_id / "config.py")).load_from == str(ckpt.resolve())
+
+
+def test_parent_run_id_follows_the_file_content_not_its_name(tmp_path):
+    ckpt = save_parent(tmp_path)
+    first = {r.stage: r.run_id for r in expand(load_grid(grid(tmp_path)))[0]}
+    ckpt.rename(tmp_path / "moved.pth")
+    moved = {r.stage: r.run_id for r in expand(load_grid(grid(tmp_path, dense="{checkpoint: moved.pth}")))[0]}
+    assert moved == first
+    data = torch.load(tmp_path / "moved.pth", weights_only=True)
+    data["state_dict"]["backbone.pos_embed"] += 1
+    torch.save(data, tmp_path / "moved.pth")
+    changed = {
+        r.stage: r.run_id for r in expand(load_grid(grid(tmp_path, dense="{checkpoint: moved.pth}")))[0]
+    }
+    assert changed["dense"] != first["dense"] and changed["finetune"] != first["finetune"]
+
+
+def test_one_checkpoint_per_seed(tmp_path):
+    a, b = save_parent(tmp_path, "a.pth"), save_parent(tmp_path, "b.pth")
+    data = torch.load(b, weights_only=True)
+    data["state_dict"]["backbone.pos_embed"] += 1
+    torch.save(data, b)
+    runs, _ = expand(load_grid(grid(tmp_path, dense="{checkpoint: [a.pth, b.pth]}")))
+    dense = {r.seed: r for r in runs if r.stage == "dense"}
+    assert {s: d.schedule["checkpoint"] for s, d in dense.items()} == {
+        0: str(a.resolve()),
+        1: str(b.resolve()),
+    }
+    for r in runs:
+        if r.stage == "finetune":
+            assert r.depends_on == (dense[r.seed].run_id,)
+    with pytest.raises(GridError, match=r"schedule.dense.checkpoint: 2 checkpoints for 3 seeds"):
+        load_grid(grid(tmp_path, dense="{checkpoint: [a.pth, b.pth]}", seeds="[0, 1, 2]"))
+
+
+@pytest.mark.parametrize(
+    ("dense", "match"),
+    [
+        (
+            "{checkpoint: nowhere.pth}",
+            r"g.yaml:\d+: schedule.dense.checkpoint: checkpoint 'nowhere.pth' not found",
+        ),
+        (
+            "{checkpoint: parent.pth, iters: 3}",
+            r"schedule.dense.iters: a dense parent from a checkpoint is not trained",
+        ),
+    ],
+)
+def test_bad_parent_entries_are_rejected(tmp_path, dense, match):
+    (tmp_path / "parent.pth").write_bytes(b"x")
+    with pytest.raises(GridError, match=match):
+        load_grid(grid(tmp_path, dense=dense))
+
+
+def test_parent_of_another_arch_is_rejected_before_any_job(tmp_path):
+    save_parent(tmp_path, dim=64)  # the grid builds embed_dim 32
+    with pytest.raises(GridError) as e:
+        prepare(grid(tmp_path), tmp_path / "results")
+    msg = str(e.value)
+    assert "parent.pth: does not fit the grid's detector" in msg and "embed_dim 64" in msg
+    assert "backbone.patch_embed.proj.weight (64, 3, 16, 16) vs (32, 3, 16, 16)" in msg
+    assert not (tmp_path / "results" / "parent").exists()  # nothing written, nothing run
+
+
+def test_parent_of_another_family_is_rejected(tmp_path):
+    save_parent(tmp_path)
+    path = grid(tmp_path)
+    path.write_text(path.read_text().replace("out_channels: 16", "family: adapter, conv_inplane: 8, deform_num_heads: 2"))
+    with pytest.raises(
+        GridError,
+        match=r"holds a plain backbone.*builds PrunedViTAdapter.*weights missing, e\.g\. backbone\.(spm|level)",
+    ):
+        prepare(path, tmp_path / "results")
+
+
+def test_off_the_shelf_cells_need_a_training_free_method(tmp_path):
+    save_parent(tmp_path)
+    runs, _ = expand(load_grid(grid(tmp_path, methods="[evit, evo-vit, ats]", ft=0)))
+    assert [r.trains for r in runs] == [False] * 7  # the parent and 2 seeds x 3 methods
+    with pytest.raises(
+        GridError, match=r"method 'svit' has learned parameters.*Fix: give it a finetune length"
+    ):
+        expand(load_grid(grid(tmp_path, ft=0)))
+    per_method = grid(tmp_path, ft=2)  # off the shelf for evit only, through per_value
+    per_method.write_text(
+        per_method.read_text() + "per_value:\n  method:\n    evit: {schedule.finetune.iters: 0}\n"
+    )
+    runs, _ = expand(load_grid(per_method))
+    assert {r.axes["method"]: r.trains for r in runs if r.stage == "finetune"} == {
+        "svit": True,
+        "evit": False,
+    }
+
+
+def test_four_axis_grid_cannot_go_off_the_shelf(tmp_path):
+    path = grid(tmp_path, dense="{iters: 1}", ft=0)
+    path.write_text(path.read_text().replace("  method: [svit, evit]", "  selector: [mlp]"))
+    with pytest.raises(GridError, match=r"selector 'mlp' has learned parameters"):
+        expand(load_grid(path))
