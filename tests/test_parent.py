@@ -133,7 +133,9 @@ def test_parent_of_another_arch_is_rejected_before_any_job(tmp_path):
 def test_parent_of_another_family_is_rejected(tmp_path):
     save_parent(tmp_path)
     path = grid(tmp_path)
-    path.write_text(path.read_text().replace("out_channels: 16", "family: adapter, conv_inplane: 8, deform_num_heads: 2"))
+    path.write_text(
+        path.read_text().replace("out_channels: 16", "family: adapter, conv_inplane: 8, deform_num_heads: 2")
+    )
     with pytest.raises(
         GridError,
         match=r"holds a plain backbone.*builds PrunedViTAdapter.*weights missing, e\.g\. backbone\.(spm|level)",
