@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,6 +145,17 @@ def _with_parents(needed: set[str], specs: list[RunSpec]) -> list[RunSpec]:
     return [s for s in specs if s.run_id in needed or s.run_id in deps]
 
 
+def _spent_and_forecast(runs: list, todo: list[RunSpec]) -> tuple[float, float]:
+    """Seconds the finished runs took, and the forecast of ``todo``: the mean wall time of the
+    finished runs of each stage."""
+    walls: dict[str, list[float]] = {}
+    for r in runs:
+        if r.state == "done" and (w := wall_s(r.status)) is not None:
+            walls.setdefault(r.stage or "?", []).append(w)
+    mean = {stage: math.fsum(ws) / len(ws) for stage, ws in walls.items()}
+    return math.fsum(w for ws in walls.values() for w in ws), math.fsum(mean.get(s.stage, 0.0) for s in todo)
+
+
 def _seed_grid(grid, seed: int):
     """The grid with one seed; a parent checkpoint shared by every seed serves the new one too."""
     schedule = grid.schedule
@@ -173,6 +183,7 @@ def run_until_decided(
     from rich.console import Console
 
     from .grid import GridError, load_grid
+    from .spec import expand
     from .sweep import make_executor, prepare, run_sweep
 
     console = console or Console()
@@ -213,32 +224,17 @@ def run_until_decided(
         if not stop and new_grid is None:
             stop = "the parent is one checkpoint per seed: no parent for another seed"
         if not stop:
-            from .spec import expand
-
-            needed = {
-                s.run_id
-                for s in expand(new_grid)[0]
-                if s.stage == "finetune" and any(c.needs(s.axes) for c in open_)
-            }
-
+            specs = expand(new_grid)[0]
+            needed = {s.run_id for s in specs if s.stage != "dense" and any(c.needs(s.axes) for c in open_)}
             keep = functools.partial(_with_parents, needed)
-            sweep = prepare(new_grid, results_root, gpus=runner.gpus_per_run, keep=keep)
-            walls: dict[str, list[float]] = {}
-            for r in runs:
-                if r.state == "done" and (w := wall_s(r.status)) is not None:
-                    walls.setdefault(r.stage or "?", []).append(w)
-            forecast = sum(
-                math.fsum(walls.get(s.stage, [0.0])) / max(1, len(walls.get(s.stage, []))) for s in sweep.runs
-            )
-            spent = math.fsum(w for ws in walls.values() for w in ws)
+            todo = [s for s in keep(specs) if not is_finished(sweep_dir / s.run_id)]
+            spent, forecast = _spent_and_forecast(runs, todo)
             entry["forecast_next_h"], entry["spent_h"] = round(forecast / 3600, 5), round(spent / 3600, 5)
             if budget_hours is not None and (spent + forecast) / 3600 > budget_hours:
                 stop = (
                     f"budget: {spent / 3600:.3f} h spent + {forecast / 3600:.3f} h forecast for the next "
                     f"round > --budget {budget_hours:g} h"
                 )
-                for s in sweep.runs:  # prepared, never run: leave no pending folders behind
-                    shutil.rmtree(sweep_dir / s.run_id, ignore_errors=True)
         if stop:
             entry["stopped"] = stop
             log["rounds"].append(entry)
@@ -247,16 +243,13 @@ def run_until_decided(
             for line in summary_lines(log):
                 console.print(line, highlight=False)
             return log
-        entry["added"] = {
-            "seed": seed,
-            "runs": [s.run_id for s in sweep.runs],
-            "for": [c.name for c in open_],
-        }
+        sweep = prepare(new_grid, results_root, gpus=runner.gpus_per_run, keep=keep)
+        entry["added"] = {"seed": seed, "runs": [s.run_id for s in todo], "for": [c.name for c in open_]}
         log["rounds"].append(entry)
         atomic_write_json(sweep_dir / LOG_FILE, log)  # before running: a killed round is known
         console.print(
             f"round {entry['round']}: {len(open_)} comparison(s) undecided at {len(seeds)} seed(s); "
-            f"adding seed {seed}: {len(sweep.runs)} run(s)",
+            f"adding seed {seed}: {len(todo)} run(s)",
             highlight=False,
         )
         runner.run(sweep_dir, sweep.runs)
