@@ -144,6 +144,7 @@ def time_model(cfg, work_dir: Path, iters: int = 5, test_batches: int = 2) -> di
     cfg.param_scheduler = []
     cfg.default_hooks.checkpoint = None
     cfg.log_processor = dict(by_epoch=False)
+    cfg.log_level = "WARNING"  # the plan's output stays the plan's
     cfg.model.pop("distill", None)  # its teacher file may not exist yet (its cost is left out)
     t0 = time.perf_counter()
     runner = Runner.from_cfg(cfg)
