@@ -167,3 +167,13 @@ def test_four_axis_grid_cannot_go_off_the_shelf(tmp_path):
     path.write_text(path.read_text().replace("  method: [svit, evit]", "  selector: [mlp]"))
     with pytest.raises(GridError, match=r"selector 'mlp' has learned parameters"):
         expand(load_grid(path))
+
+
+def test_shipped_grid_from_the_released_parent(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "vit-adapter-s-3x.prunebench.pth").write_bytes(b"stand-in")
+    monkeypatch.chdir(tmp_path)  # the converted file where `prunebench zoo` puts it
+    runs, _ = expand(load_grid(root / "ablations" / "grid-from-parent.yaml"))
+    assert [r.trains for r in runs if r.stage == "dense"] == [False]
+    assert len(runs) == 1 + 12 * 2 and all(r.trains for r in runs if r.stage == "finetune")
