@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
+from typer.testing import CliRunner
 
+from prunebench.cli import app
 from prunebench.grid import GridError, load_grid
 from prunebench.parent import content_hash
 from prunebench.spec import expand
@@ -66,6 +68,15 @@ def test_checkpoint_parent_plans_no_dense_training_and_finetunes_load_it(tmp_pat
     for r in finetunes:
         assert r.trains and r.depends_on == (dense[0].run_id,)
         assert Config.fromfile(str(s.sweep_dir / r.run_id / "config.py")).load_from == str(ckpt.resolve())
+    out = CliRunner().invoke(
+        app, ["plan", str(grid(tmp_path)), "--results", str(tmp_path / "results")], env={"COLUMNS": "250"}
+    )
+    assert out.exit_code == 0, out.output
+    rows = [line.split() for line in out.output.splitlines() if "-s0-" in line or "-ckpt-" in line]
+    stages = {row[0]: row[1] for row in rows}
+    assert stages[dense[0].run_id] == "parent" and set(stages.values()) == {"parent", "finetune"}
+    size = out.output.split("study size")[1]
+    assert "parent           1 runs           0 training iterations" in size and "dense " not in size
 
 
 def test_parent_run_id_follows_the_file_content_not_its_name(tmp_path):

@@ -10,6 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .cost import stage_of
 from .grid import Grid, GridError, load_grid
 from .results import CONFIG_FILE, RUN_FILE, STATUS_FILE, atomic_write_json, read_json, write_status
 from .spec import RunSpec, expand
@@ -166,7 +167,7 @@ def plan_table(sweep: Sweep) -> Table:
         values = ["-" if spec.axes.get(a) is None else str(spec.axes[a]) for a in axes]
         table.add_row(
             spec.run_id,
-            spec.stage,
+            stage_of(spec),
             *values,
             "all" if spec.seed is None else str(spec.seed),
             ", ".join(spec.depends_on) or "-",

@@ -37,14 +37,8 @@ def split_parent(c: _Checker, raw: Any, grid_path: Path) -> tuple[Any, list[str]
         key = KEY if len(paths) == 1 and not isinstance(given, list) else f"{KEY}[{i}]"
         c.typed(key, p, str, "the path of a dense detector checkpoint")
         raw_path = Path(p).expanduser()
-        found = next(
-            (
-                q
-                for q in ([raw_path] if raw_path.is_absolute() else [grid_path.parent / raw_path, raw_path])
-                if q.is_file()
-            ),
-            None,
-        )
+        candidates = [raw_path] if raw_path.is_absolute() else [grid_path.parent / raw_path, raw_path]
+        found = next((q for q in candidates if q.is_file()), None)
         if found is None:
             raise c.fail(
                 key,
