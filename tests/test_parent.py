@@ -188,3 +188,30 @@ def test_shipped_grid_from_the_released_parent(tmp_path, monkeypatch):
     runs, _ = expand(load_grid(root / "ablations" / "grid-from-parent.yaml"))
     assert [r.trains for r in runs if r.stage == "dense"] == [False]
     assert len(runs) == 1 + 12 * 2 and all(r.trains for r in runs if r.stage == "finetune")
+
+
+def test_report_pairs_every_seed_with_a_shared_parent_and_keeps_off_the_shelf_apart(tmp_path, make_run):
+    import json
+
+    from prunebench.report import build_report
+
+    sweep = tmp_path / "s"
+    make_run(sweep, "dense-ckpt-aaaaaa", seed=None, box=40.0, mask=36.0, full=10.0)
+    cell = {"pruned_tokens": "discard", "reactivation": False, "rate": "fixed", "selector": "class-attention"}
+    for seed, box in ((0, 38.0), (1, 37.0)):
+        make_run(
+            sweep, f"evit-s{seed}-b", {**cell, "method": "evit"}, seed=seed, box=box, mask=34.0, full=8.0
+        )
+        run = make_run(
+            sweep, f"evit-s{seed}-c", {**cell, "method": "evit"}, seed=seed, box=30.0, mask=30.0, full=8.0
+        )
+        spec = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**spec, "schedule": {"iters": 0}}))  # off the shelf
+    report = build_report(sweep)
+    rows = {(r["stage"], r["label"]): r for r in report.rows}
+    assert (
+        rows[("finetune", "evit")]["d_box_ap"] == pytest.approx(-2.5) and rows[("finetune", "evit")]["n"] == 2
+    )
+    shelf = rows[("off-the-shelf", "evit (off-the-shelf)")]
+    assert shelf["d_box_ap"] == pytest.approx(-10.0) and shelf["n"] == 2
+    assert rows[("dense", "dense")]["n"] == 1
