@@ -215,3 +215,23 @@ def test_report_pairs_every_seed_with_a_shared_parent_and_keeps_off_the_shelf_ap
     shelf = rows[("off-the-shelf", "evit (off-the-shelf)")]
     assert shelf["d_box_ap"] == pytest.approx(-10.0) and shelf["n"] == 2
     assert rows[("dense", "dense")]["n"] == 1
+
+
+def test_keep_ratio_axis_gives_an_off_the_shelf_curve_from_one_parent(tmp_path):
+    save_parent(tmp_path)
+    path = grid(tmp_path, methods="[evit]", ft=0, seeds="[0]")
+    ratios = "[[0.7, 0.49, 0.343], [0.5, 0.25, 0.125]]"
+    path.write_text(
+        path.read_text().replace(
+            "  method: [evit]\n", f"  method: [evit]\n  model.backbone.keep_ratios: {ratios}\n"
+        )
+    )
+    s = prepare(path, tmp_path / "results")
+    dense, *cells = s.runs
+    assert dense.stage == "dense" and len(cells) == 2 and not any(r.trains for r in s.runs)
+    built = [Config.fromfile(str(s.sweep_dir / r.run_id / "config.py")).model.backbone for r in s.runs]
+    assert built[0].keep_ratios == [] and [b.keep_ratios for b in built[1:]] == [
+        [0.7, 0.49, 0.343],
+        [0.5, 0.25, 0.125],
+    ]
+    assert all(r.depends_on == (dense.run_id,) for r in cells)

@@ -170,6 +170,8 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     """All runs of the grid, dense runs first, and the (cell, reason) pairs left out."""
     kept, excluded = cells(grid)
     pruning = [*PRUNING_AXES, *([METHOD_AXIS] if METHOD_AXIS in grid.axes else [])]  # finetunes' own
+    pruning_keys = [k for k in grid.axes if k.removeprefix("model.backbone.") in _DENSE_ONLY_BACKBONE]
+    pruning += pruning_keys  # e.g. a keep-ratio axis: the finetunes' own, not the dense parent's
     others_keys = [k for k in grid.axes if k not in pruning]
     for _, cell in kept:  # dotted keys that only `include` points set
         others_keys += [k for k in cell if k not in pruning and k not in others_keys]
@@ -249,7 +251,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
                     seed,
                     axes,
                     (dense.run_id,),
-                    {**overrides, **others},
+                    {**overrides, **others, **{k: cell[k] for k in pruning_keys}},
                     bench,
                     backbone_args=args,
                     schedule=ft_sched,
