@@ -97,3 +97,25 @@ def test_estimate_forecasts_the_sweep_within_a_factor_of_2(tmp_path):
     predicted = forecast["total_hours"] * 3600
     print(f"forecast {predicted:.1f} s, actual {actual:.1f} s")
     assert actual / 2 <= predicted <= actual * 2
+
+
+def test_forecast_lines_give_slurm_gpu_hours_marked_when_timed_on_a_cpu():
+    from prunebench.cost import forecast_lines
+
+    forecast = {
+        "device": "cpu",
+        "threads": 2,
+        "startup_s": 5.0,
+        "models": [{"run": "dense-s0-a", "iter_s": 1.5, "test_image_s": 0.25}],
+        "hours": {"parent": 1.0, "finetune": 7.0},
+        "total_hours": 8.0,
+        "slurm_gpu_hours": 8.0,
+        "gpus_per_job": 8,
+    }
+    lines = forecast_lines(forecast)
+    assert "model of dense-s0-a: 1.500 s per training iteration, 0.250 s per test image" in lines[1]
+    assert lines[-2].split() == ["forecast", "total", "8.000", "device-hours", "(cpu,", "2", "threads)"]
+    assert lines[-1] == (
+        "Slurm: 8.000 GPU-hours, 1.000 hours of jobs at 8 GPU(s) each (timed on a CPU: run "
+        "`plan --estimate` on a GPU node)"
+    )

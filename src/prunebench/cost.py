@@ -212,7 +212,9 @@ def estimate(sweep, console=None, iters: int = 5) -> dict:
         "runs": runs,
         "hours": {k: round(v, 4) for k, v in stages.items()},
         "total_hours": round(total, 4),
-        **({"slurm_gpu_hours": round(total * gpus, 4), "gpus_per_job": gpus} if sweep.grid.slurm else {}),
+        # each run timed with its whole batch on one device: the GPU-hours of a job on N GPUs (the same
+        # work split N ways, communication left out), and its wall time 1/N of that
+        **({"slurm_gpu_hours": round(total, 4), "gpus_per_job": gpus} if sweep.grid.slurm else {}),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_json(sweep.sweep_dir / FORECAST_FILE, forecast)
@@ -235,7 +237,10 @@ def forecast_lines(forecast: dict) -> list[str]:
             "" if forecast["device"] == "cuda" else " (timed on a CPU: run `plan --estimate` on a GPU node)"
         )
         gpus = forecast["gpus_per_job"]
-        lines.append(f"Slurm: {forecast['slurm_gpu_hours']:.3f} GPU-hours at {gpus} GPU(s) per job{note}")
+        lines.append(
+            f"Slurm: {forecast['slurm_gpu_hours']:.3f} GPU-hours, {forecast['slurm_gpu_hours'] / gpus:.3f} "
+            f"hours of jobs at {gpus} GPU(s) each{note}"
+        )
     return lines
 
 
