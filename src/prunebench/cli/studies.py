@@ -90,6 +90,8 @@ def sweep(
     if until_decided:
         from ..sequential import run_until_decided
 
+        if executor == "slurm":  # each round's verdicts need its jobs' results
+            options["wait"] = True
         _grid_errors(run_until_decided, grid, results, executor, options, max_seeds, budget, margin)
         return
     states = _grid_errors(
