@@ -235,6 +235,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             check_off_the_shelf(grid, cell, ft_sched, cell.get(METHOD_AXIS))
             payload = {
                 **dense_payload,
+                "seed": seed,
                 "dense": dense.run_id,
                 "backbone": _backbone_identity(backbone),
                 "schedule": _meaning("schedule", ft_sched),
