@@ -235,3 +235,14 @@ def test_keep_ratio_axis_gives_an_off_the_shelf_curve_from_one_parent(tmp_path):
         [0.5, 0.25, 0.125],
     ]
     assert all(r.depends_on == (dense.run_id,) for r in cells)
+
+
+def test_parent_with_more_blocks_than_the_grid_is_rejected(tmp_path):
+    save_parent(tmp_path)  # 12 blocks
+    path = grid(tmp_path)
+    path.write_text(path.read_text().replace("depth: 12", "depth: 10").replace("[svit, evit]", "[svit]"))
+    with pytest.raises(
+        GridError,
+        match=r"12 blocks.*24 backbone weights the grid's detector lacks, e\.g\. backbone\.blocks\.10\.",
+    ):
+        prepare(path, tmp_path / "results")

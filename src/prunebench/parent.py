@@ -58,6 +58,7 @@ def check_fits(model_cfg: dict, path: str | Path) -> None:
     from mmengine.config import ConfigDict
 
     import prunebench.models  # noqa: F401  (registers the backbones)
+    from prunebench.models.pruned_backbone import PrunedBackbone
 
     from .checkpoint import mmengine_checkpoint_globals
 
@@ -70,18 +71,26 @@ def check_fits(model_cfg: dict, path: str | Path) -> None:
     state = {k.removeprefix("module."): v for k, v in (data.get("state_dict", data) or {}).items()}
     want = {k: v.shape for k, v in MODELS.build(ConfigDict(model_cfg)).state_dict().items()}
     missing = [k for k in want if k.startswith("backbone.") and k not in state]
+    fresh = tuple(f"backbone.{p}" for p in PrunedBackbone.FRESH)  # a pruned checkpoint's extras
+    extra = [k for k in state if k.startswith("backbone.") and k not in want and not k.startswith(fresh)]
     wrong = [
         f"{k} {tuple(state[k].shape)} vs {tuple(s)}"
         for k, s in want.items()
         if k in state and state[k].shape != s
     ]
-    if missing or wrong:
+    if missing or wrong or extra:
         b = model_cfg["backbone"]
         expected = f"{b['type']} {b.get('arch', '')} (embed_dim {b.get('embed_dim', 'of the arch')})"
-        detail = (f"{len(missing)} weights missing, e.g. {', '.join(missing[:3])}; " if missing else "") + (
-            f"{len(wrong)} of another shape (file vs grid), e.g. {'; '.join(wrong[:3])}" if wrong else ""
+        detail = "; ".join(
+            f"{len(keys)} {what}, e.g. {', '.join(keys[:3])}"
+            for keys, what in (
+                (missing, "weights missing"),
+                (extra, "backbone weights the grid's detector lacks"),
+                (wrong, "of another shape (file vs grid)"),
+            )
+            if keys
         )
         raise ValueError(
             f"{path}: does not fit the grid's detector: the file holds a {_describe(state)}, the grid "
-            f"builds {expected}: {detail.rstrip('; ')}"
+            f"builds {expected}: {detail}"
         )
