@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prunebench.results import atomic_write_json, is_finished, read_json, write_status
-from prunebench.sequential import LOG_FILE, Comparison, judge, run_until_decided
+from prunebench.sequential import LOG_FILE, Comparison, judge, report_lines, run_until_decided
 
 PLANTED_JOB = "test_sequential:planted_job"
 GRID = """\
@@ -96,6 +96,9 @@ def test_large_effect_stops_after_the_first_round(tmp_path, job_processes_see_te
     assert {v["verdict"] for v in log["rounds"][0]["verdicts"]} == {"reproduced"}
     assert all(v["seeds"] == 2 for v in log["rounds"][0]["verdicts"])
     assert read_json(tmp_path / "results" / "planted" / LOG_FILE) == log
+    lines = report_lines(tmp_path / "results")  # what `prunebench report` prints below its tables
+    assert lines[0].startswith("planted: --until-decided: 1 round(s), stopped: every comparison decided")
+    assert lines[1].startswith("  rate: dynamic vs fixed (box_ap): reproduced on 2 seed(s), interval [+")
 
 
 def test_effect_near_the_noise_adds_seeds_until_max(tmp_path, job_processes_see_tests):
