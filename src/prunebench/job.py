@@ -227,7 +227,8 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     if is_writer():
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")
     t0 = time.time()
-    runner.train()
+    if spec.trains:  # else evaluated as loaded: a checkpoint parent, an off-the-shelf cell
+        runner.train()
     train_time = time.time() - t0
     if is_writer():
         write_status(run_dir, "running", phase="test")
@@ -261,7 +262,10 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         "flops_g": bench["flops_g"],
         "keep_ratio": keep_stats,
         "train_time_s": round(train_time, 1),
-        "checkpoint": f"{WORK_DIR}/{_last_checkpoint(cfg.work_dir)}",  # relative to the run folder
+        "checkpoint": (  # relative to the run folder; a parent given as a file: that file
+            f"{WORK_DIR}/{_last_checkpoint(cfg.work_dir)}" if spec.trains else cfg.load_from
+        ),
+        "trained": spec.trains,
         "env": run_env(),
     }
 

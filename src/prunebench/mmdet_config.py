@@ -151,13 +151,15 @@ def build_config(
         set_dotted(cfg, "model.keep_ratio_loss_weight", spec.schedule["keep_ratio_loss_weight"])
     set_data(cfg, grid.data, data_root, classes)
     _set_schedule(cfg, spec.schedule, spec.stage)
+    if spec.schedule.get("checkpoint"):  # a dense parent given as a file: evaluated, not trained
+        cfg["load_from"] = spec.schedule["checkpoint"]
     if spec.stage == "finetune":
-        cfg["load_from"] = str(
+        cfg["load_from"] = spec.dense_schedule.get("checkpoint") or str(
             run_dir.parent / spec.depends_on[0] / "work_dir" / checkpoint_name(spec.dense_schedule)
         )
         if spec.schedule.get("distill"):  # DynamicViT's teacher terms, the dense parent as teacher
             set_dotted(cfg, "model.distill", dict(teacher=cfg["load_from"]))
-    cfg["randomness"] = dict(seed=spec.seed, deterministic=False)
+    cfg["randomness"] = dict(seed=spec.seed or 0, deterministic=False)
     cfg["work_dir"] = str(run_dir / "work_dir")
     for key, value in spec.overrides.items():
         set_dotted(cfg, key, value)

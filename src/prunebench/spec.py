@@ -28,6 +28,8 @@ from .axes import (
 )
 from .grid import Grid, GridError
 from .grid.schema import PRUNING_KEYS
+from .grid.parent import check_off_the_shelf
+from .parent import content_hash
 from .presets import backbone_args, method_cell, preset
 
 #: settings that change how a run is executed or logged, not what it learns or measures.
@@ -58,6 +60,11 @@ class RunSpec:
     backbone_args: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
     dense_schedule: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        """False for a run evaluated without training: a checkpoint parent, an off-the-shelf cell."""
+        return self.schedule.get("iters", self.schedule.get("epochs")) != 0
 
     def to_json(self) -> dict:
         return {**asdict(self), "depends_on": list(self.depends_on)}
@@ -169,12 +176,19 @@ def _backbone_identity(backbone: dict) -> dict:
     )
 
 
+def parent_stage(path: str) -> dict:
+    """The dense "stage" of a parent given as a checkpoint: no training, the file and its hash."""
+    return {"iters": 0, "lr": 0.0, "weight_decay": 0.0, "checkpoint": path, "sha256": content_hash(path)}
+
+
 def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
     """All runs of the grid, dense runs first, and the (cell, reason) pairs left out."""
     kept, excluded = cells(grid)
     with_method = METHOD_AXIS in grid.axes or any(METHOD_AXIS in cell for _, cell in kept)  # `include`
     pruning = [*PRUNING_AXES, *([METHOD_AXIS] if with_method else [])]  # finetunes' own
     pruning += [KEEP_AXIS] if KEEP_AXIS in grid.axes else []
+    pruning_keys = [k for k in grid.axes if k.removeprefix("model.backbone.") in _DENSE_ONLY_BACKBONE]
+    pruning += pruning_keys  # e.g. a keep-ratio axis: the finetunes' own, not the dense parent's
     others_keys = [k for k in grid.axes if k not in pruning]
     for _, cell in kept:  # dotted keys that only `include` points set
         others_keys += [k for k in cell if k not in pruning and k not in others_keys]
@@ -193,30 +207,38 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             arch = backbone["arch"]
             tag = "".join(f"-{str(cell[k]).split('-')[-1]}" for k in tagged)
             dense_bb = {k: v for k, v in dense_bb.items() if k not in _DENSE_ONLY_BACKBONE}
+            parent = dense_sched["dense"].get("checkpoint")  # a parent given as a file: not trained
+            dense_stage = parent_stage(parent[seed]) if parent else dense_sched["dense"]
+            shared = parent and dense_sched["dense"]["shared"]  # one file for every seed
             dense_payload = {
                 "base": base_id,
                 "backbone": _backbone_identity(dense_bb),
                 "data": data_id,
-                "schedule": {**_meaning("schedule", common), **dense_sched["dense"]},
+                "schedule": (
+                    {"sha256": dense_stage["sha256"]}
+                    if parent
+                    else {**_meaning("schedule", common), **dense_stage}
+                ),
                 "overrides": {**dense_over, **others},
                 "axes": others,
-                "seed": seed,
+                "seed": None if shared else seed,
             }
             dkey = json.dumps(dense_payload, sort_keys=True, default=str)
             if dkey not in dense_runs:
-                rid = f"dense{tag}-s{seed}-{_digest(dense_payload)}"
+                seed_tag = "" if shared else f"-s{seed}"
+                rid = f"dense{tag}{'-ckpt' if parent else ''}{seed_tag}-{_digest(dense_payload)}"
                 dense_runs[dkey] = RunSpec(
                     rid,
                     grid.name,
                     "dense",
                     arch,
-                    seed,
+                    None if shared else seed,
                     {**dict.fromkeys(pruning), **others},
                     (),
                     {**dense_over, **others},
                     bench,
                     backbone_args={**dense_bb, "prune_layers": [], "keep_ratios": []},
-                    schedule={**common, **dense_sched["dense"]},
+                    schedule={**common, **dense_stage},
                 )
             dense = dense_runs[dkey]
             axes = {**{k: cell.get(k) for k in pruning}, **others}
@@ -230,8 +252,10 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
             if KEEP_AXIS in cell:
                 args["keep_ratios"] = keep_schedule(args["keep_ratios"], cell[KEEP_AXIS])
                 tag += f"-k{cell[KEEP_AXIS]:g}"
+            check_off_the_shelf(grid, cell, ft_sched, cell.get(METHOD_AXIS))
             payload = {
                 **dense_payload,
+                "seed": seed,
                 "dense": dense.run_id,
                 "backbone": _backbone_identity(backbone),
                 "schedule": _meaning("schedule", ft_sched),
@@ -248,7 +272,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[tuple[dict, str]]]:
                     seed,
                     axes,
                     (dense.run_id,),
-                    {**overrides, **others},
+                    {**overrides, **others, **{k: cell[k] for k in pruning_keys}},
                     bench,
                     backbone_args=args,
                     schedule=ft_sched,

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .cost import forecast_vs_actual
 from .results import LOCK_FILE, STYLES, Run, detail, lock_holder, scan_results
 
 
@@ -80,6 +81,10 @@ def print_status(root: Path, console) -> int:
     counts = Counter(r.state for r in runs)
     summary = ", ".join(f"{counts[s]} {s}" for s in STYLES if counts[s])
     console.print(f"[bold]{len(runs)} runs[/] in {escape(str(root))}: {summary}", highlight=False)
+    for sweep_dir in sorted({r.path.parent for r in runs}):
+        line = forecast_vs_actual(sweep_dir, [r for r in runs if r.path.parent == sweep_dir])
+        if line:
+            console.print(f"{escape(sweep_dir.name)}: {escape(line)}", highlight=False, soft_wrap=True)
     if warning:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return 0

@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .cost import stage_of
 from .grid import Grid, GridError, load_grid
 from .grid.checks import check_backbones, check_data_sizes
 from .results import (
@@ -99,15 +100,41 @@ def _check_dotted_keys(grid: Grid, base: dict) -> None:
             )
 
 
-def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results", gpus: int = 1) -> Sweep:
+def _check_parents(grid: Grid, runs: list[RunSpec], configs: dict) -> None:
+    """Each dense parent given as a checkpoint must fit its run's detector (arch, family, class
+    count); raises GridError naming the file and the mismatch before anything is written."""
+    from .parent import check_fits
+
+    checked = set()
+    for spec in runs:
+        path = spec.schedule.get("checkpoint")
+        model = configs[spec.run_id]["model"]
+        if not path or (path, repr(model)) in checked:
+            continue
+        try:
+            check_fits(model, path)
+        except ValueError as e:
+            raise grid.error(
+                "schedule.dense.checkpoint",
+                str(e),
+                "give a checkpoint of the grid's detector, or set backbone:, data: (classes) to the file's",
+            ) from None
+        checked.add((path, repr(model)))
+
+
+def prepare(
+    grid_path: str | Path | Grid, results_root: str | Path = "results", gpus: int = 1, keep=None
+) -> Sweep:
     """Validate the grid and write every run folder, each ``config.py`` for ``gpus`` GPUs per run
-    (1: one GPU or a CPU process); nothing runs. Raises GridError on bad input (NotADirectoryError
-    when ``results_root`` is not a folder)."""
+    (1: one GPU or a CPU process); nothing runs. ``keep``: a filter of the expanded runs (those
+    of one ``--until-decided`` round). Raises GridError on bad input (NotADirectoryError when
+    ``results_root`` is not a folder)."""
     from .mmdet_config import build_config, config_header, dump_config, load_base
 
     check_results_root(results_root)
     grid = grid_path if isinstance(grid_path, Grid) else load_grid(grid_path)
     runs, excluded = expand(grid)
+    runs = keep(runs) if keep else runs
     sweep_dir = Path(results_root).resolve() / grid.name
     check_data_sizes(grid)
     data_root, classes = resolve_data(grid)
@@ -124,6 +151,7 @@ def prepare(grid_path: str | Path | Grid, results_root: str | Path = "results", 
                 f"{grid.path}: {e.args[0]}. Fix: correct the dotted key under `axes` or `overrides`"
             ) from None
     check_backbones(grid, configs, {spec.run_id: spec.axes for spec in runs})
+    _check_parents(grid, runs, configs)
     try:  # only what changed is written: a finished sweep re-runs on a read-only folder
         sweep_dir.mkdir(parents=True, exist_ok=True)
         copy = sweep_dir / "grid.yaml"
@@ -159,9 +187,24 @@ def plan_table(sweep: Sweep) -> Table:
         state = (read_json(sweep.sweep_dir / spec.run_id / STATUS_FILE) or {}).get("state", "?")
         values = ["-" if spec.axes.get(a) is None else str(spec.axes[a]) for a in axes]
         table.add_row(
-            spec.run_id, spec.stage, *values, str(spec.seed), ", ".join(spec.depends_on) or "-", state
+            spec.run_id,
+            stage_of(spec),
+            *values,
+            "all" if spec.seed is None else str(spec.seed),
+            ", ".join(spec.depends_on) or "-",
+            state,
         )
     return table
+
+
+def show_plan(sweep: Sweep, console: Console) -> None:
+    """The plan table and the cells left out, with their reasons."""
+    console.print(plan_table(sweep))
+    reasons: dict[str, list[dict]] = {}
+    for cell, reason in sweep.excluded:
+        reasons.setdefault(reason, []).append(cell)
+    for reason, cells in reasons.items():
+        console.print(f"[yellow]left out {len(cells)} cell(s)[/]: {reason}", highlight=False)
 
 
 def run_sweep(
@@ -189,12 +232,7 @@ def run_sweep(
             raise GridError(str(e)) from None
         done = "would reset (dry run)" if dry_run else "reset to pending"
         console.print(f"--redo: {len(again)} run(s) {done}: {', '.join(again)}", highlight=False)
-    console.print(plan_table(sweep))
-    reasons: dict[str, list[dict]] = {}
-    for cell, reason in sweep.excluded:
-        reasons.setdefault(reason, []).append(cell)
-    for reason, cells in reasons.items():
-        console.print(f"[yellow]left out {len(cells)} cell(s)[/]: {reason}", highlight=False)
+    show_plan(sweep, console)
     if dry_run:
         console.print(f"dry run: configs written under {sweep.sweep_dir}, nothing run")
         return {}

@@ -144,6 +144,15 @@ def print_zoo(console) -> None:
     for r in RELEASED:
         console.print(f"\n[bold]{r.name}[/]  {escape(r.url)}", highlight=False, soft_wrap=True)
         console.print(f"  {escape(r.convert_line)}\n  {escape(r.eval_line)}", highlight=False, soft_wrap=True)
+    parents = ", ".join(r.converted for r in RELEASED if r.cell == "dense")
+    console.print(
+        f"\n[bold]A study from the released parents[/]: the converted dense files ({parents}) become the "
+        "dense parents of the paper's study with `schedule.dense: {checkpoint: PATH}` in the grid (one "
+        "grid per arch): no 36-epoch dense training, the study then costs its finetunes only "
+        "(README, 'Studies a lab can afford').",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # --- the report's rows of released checkpoints evaluated here ---------------------------------

@@ -57,6 +57,18 @@ def sweep(
         help="Train this run again (its metrics and checkpoints are deleted), with every run "
         "that depends on it; repeatable.",
     ),
+    until_decided: bool = typer.Option(
+        False,
+        "--until-decided",
+        help="After the grid's seeds, add one seed at a time to the runs an undecided comparison "
+        "(paper finding or method headline) needs, until each is decided (sequential intervals, "
+        "5 % overall error; README 'Reading a report').",
+    ),
+    max_seeds: int = typer.Option(10, "--max-seeds", help="--until-decided: stop at this many seeds."),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", help="--until-decided: stop before a round that would pass this many device-hours."
+    ),
+    margin: float = typer.Option(0.5, "--margin", help="--until-decided: equivalence margin (AP points)."),
 ) -> None:
     """Run a whole ablation study: grid -> MMDetection configs -> train -> COCO eval -> latency.
 
@@ -83,6 +95,13 @@ def sweep(
             gpus_per_job=gpus_per_job,
             wait=wait,
         )
+    if until_decided:
+        from ..sequential import run_until_decided
+
+        if executor == "slurm":  # each round's verdicts need its jobs' results
+            options["wait"] = True
+        _grid_errors(run_until_decided, grid, results, executor, options, max_seeds, budget, margin)
+        return
     states = _grid_errors(
         run_sweep,
         grid,
@@ -100,11 +119,17 @@ def sweep(
 def plan(
     grid: Path = typer.Argument(..., help="Grid YAML, e.g. ablations/smoke.yaml."),
     results: Path = typer.Option(Path("results"), help="Results root; runs go to RESULTS/<name>/."),
+    estimate: bool = typer.Option(
+        False,
+        "--estimate",
+        help="Time a few training iterations of each distinct model on this machine and forecast "
+        "the device-hours per stage (written to RESULTS/<name>/forecast.json).",
+    ),
 ) -> None:
-    """Expand a grid and write every run's config.py without running anything (= sweep --dry-run)."""
-    from ..sweep import run_sweep
+    """Expand a grid, write every run's config.py and print the study's size; nothing is trained."""
+    from ..cost import plan_study
 
-    _grid_errors(run_sweep, grid, results, dry_run=True)
+    _grid_errors(plan_study, grid, results, estimate)
 
 
 @app.command(rich_help_panel=STUDY)

@@ -11,6 +11,7 @@ import yaml
 from ..configs import TEMPLATES, base_path
 from .checks import check_name, check_warmup, read_text, safe_load
 from .methods import check_imports, check_method_depth
+from .parent import parent_per_seed, split_parent
 from .schema import SECTIONS, SLURM_KEYS, Grid, GridError, _Checker, _key_lines
 from .sections import (
     _check_axes,
@@ -66,7 +67,8 @@ def load_grid(path: str | Path) -> Grid:
     imports = check_imports(c, raw.get("imports"))
     backbone = _check_backbone(c, raw.get("backbone"), path)
     data = _check_data(c, raw.get("data"))
-    schedule = _check_schedule(c, raw.get("schedule"))
+    schedule_raw, parent = split_parent(c, raw.get("schedule"), path)
+    schedule = _check_schedule(c, schedule_raw)
     check_warmup(c, schedule)
     bench = _check_bench(c, raw.get("bench"))
     slurm = c.known("slurm", raw.get("slurm"), SLURM_KEYS)
@@ -85,6 +87,8 @@ def load_grid(path: str | Path) -> Grid:
         raise c.fail(
             "seeds", f"expected a non-empty list of integers, got {seeds!r}", "write e.g. `seeds: [0, 1, 2]`"
         )
+    if parent:  # no dense training: the parent is evaluated from its checkpoint
+        schedule["dense"] = parent_per_seed(c, parent, list(dict.fromkeys(seeds)))
     overrides = c.typed("overrides", raw.get("overrides") or {}, dict, "a mapping of dotted keys")
     for key in overrides:
         if "." not in str(key):

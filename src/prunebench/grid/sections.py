@@ -113,8 +113,8 @@ def _check_stage(c: _Checker, key: str, raw: Any, defaults: dict) -> dict:
     if "iters" not in st and "epochs" not in st:
         st["epochs"] = defaults["epochs"]
     for k in ("iters", "epochs"):
-        if k in st:
-            c.count(f"{key}.{k}", st[k])
+        if k in st:  # a finetune of length 0 evaluates its parent off the shelf
+            c.count(f"{key}.{k}", st[k], minimum=int(key != "schedule.finetune"))
     for k in ("lr", "weight_decay"):
         st.setdefault(k, defaults[k])
         c.typed(f"{key}.{k}", st[k], (int, float), "a number")

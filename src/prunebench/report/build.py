@@ -101,7 +101,7 @@ def build_report(
     run_rows = [
         _run_row(r, dense.find(r), _setting_label(r, axes, multi_sweep, multi_backbone)) for r in done
     ]
-    aggregated = len({r.seed for r in done}) > 1
+    aggregated = len({r.seed for r in done if r.seed is not None}) > 1  # None: a parent of every seed
     rows = _aggregate(run_rows, axes) if aggregated else run_rows
     rows.sort(
         key=lambda row: (

@@ -68,6 +68,10 @@ def run_report(
         print_table(report, console)
     else:
         console.file.write(render(report, fmt))
+    from ..sequential import report_lines
+
+    for line in report_lines(Path(root)):  # seeds per verdict of an --until-decided sweep
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if plot is not None:
         n = plot_pareto(report, Path(plot))
         console.print(f"wrote {escape(str(plot))}: {n} points", highlight=False)

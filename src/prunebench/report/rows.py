@@ -34,8 +34,9 @@ def _setting_label(run: Run, axes: list[str], multi_sweep: bool, multi_backbone:
 
 
 class _DenseIndex:
-    """Finds a run's dense reference: the dense run of the same backbone and seed (same sweep
-    preferred) whose swept non-pruning settings (e.g. a learning rate) agree with the run's."""
+    """Finds a run's dense reference: the dense run of the same backbone and seed (or a parent
+    checkpoint shared by every seed: seed None; same sweep preferred) whose swept non-pruning
+    settings (e.g. a learning rate) agree with the run's."""
 
     def __init__(self, runs: list[Run]):
         self.by_seed: dict[tuple, list[tuple[Run, dict]]] = {}
@@ -49,11 +50,8 @@ class _DenseIndex:
         axes = {k: v for k, v in run.axes.items() if k not in PRUNING_AXES}
         key = (run.backbone, repr(run.seed), run.sweep, repr(sorted(axes.items())))
         if key not in self.memo:  # runs of one setting share the answer: a scan per setting only
-            fits = [
-                d
-                for d, settings in self.by_seed.get(key[:2], ())
-                if all(axes.get(k) == v for k, v in settings.items())
-            ]
+            candidates = [*self.by_seed.get(key[:2], ()), *self.by_seed.get((run.backbone, "None"), ())]
+            fits = [d for d, settings in candidates if all(axes.get(k) == v for k, v in settings.items())]
             fits.sort(key=lambda d: d.sweep != run.sweep)
             self.memo[key] = fits[0] if fits else None
         return self.memo[key]
@@ -84,13 +82,20 @@ def timing_setup(run: Run) -> str | None:
     return ", ".join(parts) or None
 
 
+def off_the_shelf(run: Run) -> bool:
+    """A finetune of length 0: the dense parent evaluated with a training-free method applied."""
+    sched = run.spec.get("schedule") or {}
+    return not run.is_dense and sched.get("iters", sched.get("epochs")) == 0
+
+
 def _run_row(run: Run, dense: Run | None, label: str) -> dict:
+    untrained = off_the_shelf(run)  # its own stage: kept apart from finetunes in every effect
     row: dict[str, Any] = {
         "sweep": run.sweep,
         "run_id": run.run_id,
-        "label": label,
+        "label": f"{label} (off-the-shelf)" if untrained else label,
         "backbone": run.backbone,
-        "stage": run.stage,
+        "stage": "off-the-shelf" if untrained else run.stage,
         "seed": run.seed,
         "n": 1,
         "axes": run.axes,
