@@ -27,8 +27,8 @@ from .axes import (
     keep_schedule,
 )
 from .grid import Grid, GridError
-from .grid.schema import PRUNING_KEYS
 from .grid.parent import check_off_the_shelf
+from .grid.schema import PRUNING_KEYS
 from .parent import content_hash
 from .presets import backbone_args, method_cell, preset
 
