@@ -44,6 +44,7 @@ BACKBONE_KEYS = (
     "selector_inference",
     "drop_path_rate",
     "pretrained",
+    "layer_scale",
     *(key for keys in FAMILY_ARGS.values() for key in keys),
 )
 DATA_KEYS = {

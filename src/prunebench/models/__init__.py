@@ -1,5 +1,6 @@
 """Token-pruning models; importing this package registers ``PrunedViT``, ``PrunedViTAdapter`` and
-``PrunedMaskRCNN`` in MMDetection's ``MODELS`` registry, exposes ``SELECTORS`` (the registry a
+``PrunedDetector`` (the pruning losses on any MMDetection detector; ``PrunedMaskRCNN`` for
+earlier configs) in MMDetection's ``MODELS`` registry, exposes ``SELECTORS`` (the registry a
 user's own selector joins) and lets ``torch.load(weights_only=True)`` read MMEngine's
 checkpoints (exactly the types they hold), so a generated ``config.py``, whose ``custom_imports``
 names this package, resumes and finetunes under MMDetection's own ``tools/train.py`` and
@@ -34,9 +35,9 @@ if find_spec("mmdet") is not None:  # an installed but broken MMDetection still 
     from mmdet.registry import MODELS
 
     from ..checkpoint import allow_mmengine_checkpoints
-    from .detector import PrunedMaskRCNN  # noqa: F401  (registers itself)
+    from .detector import PrunedDetector, PrunedMaskRCNN  # register themselves
 
     MODELS.register_module(module=PrunedViT)
     MODELS.register_module(module=PrunedViTAdapter)
     allow_mmengine_checkpoints()
-    __all__.append("PrunedMaskRCNN")
+    __all__ += ["PrunedDetector", "PrunedMaskRCNN"]
