@@ -246,3 +246,38 @@ def test_generated_config_of_each_family_trains_under_mmdetections_tools(tmp_pat
     train = mmdet_tool("train.py", config)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "loss_keep_ratio" in train.stdout + train.stderr
+
+
+def test_box_only_runs_report_box_ap_and_an_empty_mask_ap(tmp_path, make_run):
+    """Runs without mask AP (one-stage, DINO): the table shows box AP and no mask AP, the effects
+    and verdicts judge box AP alone, the plot has the box panel only."""
+    from prunebench.report import build_report, plot_pareto, render
+
+    s = tmp_path / "boxes"
+    make_run(s, "dense", box=40.0, mask=None, full=100.0, bb=60.0)
+    for i, (pt, box) in enumerate((("discard", 38.0), ("preserve", 39.0))):
+        axes = {"pruned_tokens": pt, "reactivation": False, "rate": "fixed", "selector": "mlp"}
+        make_run(s, f"run{i}", axes, box=box, mask=None, full=80.0, bb=40.0, keep=0.5)
+    rep = build_report(s, paper=True)
+    assert [r["mask_ap"] for r in rep.rows] == [None] * 3 and {r["box_ap"] for r in rep.rows} == {
+        40.0,
+        38.0,
+        39.0,
+    }
+    effects = {e.metric: e for e in rep.effects if e.axis == "pruned_tokens"}
+    assert effects["box_ap"].mean == pytest.approx(1.0) and "mask_ap" not in effects
+    assert {v.metric for v in rep.paper.verdicts} == {"box_ap"}  # no mask verdicts without mask AP
+    text = render(rep, "markdown")
+    assert "| 40.0 |" in text and "nan" not in text.lower()
+    plot_pareto(rep, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_typo_in_a_detectors_own_argument_is_a_grid_error(tmp_path):
+    """Keys under ``model`` are checked against PrunedDetector's and its detector's arguments."""
+    grid = write_grid(tmp_path, "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py")
+    grid.write_text(
+        grid.read_text() + "overrides: {model.keep_ratio_loss_weight: 2.0, model.no_such_key: 1}\n"
+    )
+    with pytest.raises(GridError, match=r"RetinaNet \(at model\) takes no argument 'no_such_key'"):
+        prepare(grid, tmp_path / "results")

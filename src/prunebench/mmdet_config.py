@@ -17,7 +17,7 @@ from typing import Any
 
 from .axes import FAMILIES, FAMILY_ARGS, feature_channels
 from .configs import base_path
-from .configs.detectors import LEVELS, DetectorError, adapt_detector, set_num_classes
+from .configs.detectors import LEVELS, PRUNED_DETECTOR_ARGS, DetectorError, adapt_detector, set_num_classes
 from .grid import Grid
 from .spec import RunSpec
 
@@ -78,12 +78,16 @@ def unknown_argument(base: dict, key: str) -> str | None:
         or leaf in ("type", "_delete_")
     ):
         return None
-    params = _accepted_arguments(str(node["type"]))
+    kind = str(node["type"])
+    if kind == "PrunedDetector":  # the pruning losses' own arguments, then its detector's
+        if leaf in PRUNED_DETECTOR_ARGS:
+            return None
+        kind = str(node.get("detector"))
+    params = _accepted_arguments(kind)
     if params is None or leaf in params:
         return None
     return (
-        f"{node['type']} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: "
-        f"{', '.join(sorted(params))}"
+        f"{kind} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: {', '.join(sorted(params))}"
     )
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DetectorError", "LEVELS", "adapt_detector", "set_num_classes"]
+__all__ = ["DetectorError", "LEVELS", "PRUNED_DETECTOR_ARGS", "adapt_detector", "set_num_classes"]
 
+#: PrunedDetector's own arguments (the rest are its detector's).
+PRUNED_DETECTOR_ARGS = ("detector", "keep_ratio_loss_weight", "distill")
 #: the pruned backbones' maps, by index: strides 4, 8, 16, 32 (ResNet's ``out_indices``).
 LEVELS = (0, 1, 2, 3)
 #: heads whose ``num_classes`` is not the dataset's (HTC's semantic head: COCO-stuff classes).
