@@ -199,3 +199,28 @@ def test_archs_known_everywhere():
     adapter = PrunedViTAdapter(arch="vit-large", embed_dim=64, depth=24, num_heads=2)
     assert adapter.interaction_indexes == [[0, 5], [6, 11], [12, 17], [18, 23]]
     assert adapter.interactions[0].injector.attn.n_heads == 16  # ViT-Adapter-L's deformable heads
+
+
+@pytest.mark.parametrize(
+    "method, cls",
+    [(m, PrunedViT) for m in ("svit", "dynamicvit", "evit", "evo-vit", "ats")] + [("evit", PrunedViTAdapter)],
+)
+def test_every_method_preset_runs_on_a_24_block_dinov2_large(method, cls):
+    """Presets on a 24-block arch (DINOv2-L's depth and LayerScale, narrow): their schedule scaled,
+    a training step with a keep-ratio loss or pruning, and a pruned inference."""
+    from prunebench.presets import backbone_args
+
+    args = backbone_args(method, {"arch": "dinov2-large"})
+    if "prune_layers" not in args:  # the selector presets take the grid's schedule: the reference
+        args["prune_layers"], args["keep_ratios"] = reference_schedule(24)
+    assert min(args["prune_layers"]) >= 6
+    torch.manual_seed(0)
+    model = cls(**{**args, "embed_dim": 32, "num_heads": 2})
+    assert len(model.blocks) == 24 and model.blocks[0].ls1.gamma.shape == (32,)
+    img = torch.randn(2, 3, 64, 64)
+    sum(m.mean() for m in model(img)).backward()
+    model.eval()
+    with torch.no_grad():
+        model(img)
+    assert len(model.last_keep_masks) == len(args["prune_layers"])
+    assert model.last_keep_masks[-1].float().mean() < 1
