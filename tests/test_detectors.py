@@ -281,3 +281,25 @@ def test_a_typo_in_a_detectors_own_argument_is_a_grid_error(tmp_path):
     )
     with pytest.raises(GridError, match=r"RetinaNet \(at model\) takes no argument 'no_such_key'"):
         prepare(grid, tmp_path / "results")
+
+
+@pytest.mark.parametrize("family", ["plain", "adapter"])
+def test_backbones_give_the_maps_of_out_indices(family):
+    """Levels 1..3 (a DINO neck's): three maps at strides 8, 16, 32; the plain pyramid builds only
+    those levels, under the keys a four-level checkpoint has for them."""
+    from prunebench.models import PrunedViT, PrunedViTAdapter
+
+    kw = dict(embed_dim=48, depth=2, num_heads=3, prune_layers=[1], keep_ratios=[0.5])
+    if family == "plain":
+        full, three = (PrunedViT(**kw, out_channels=16, out_indices=i) for i in ([0, 1, 2, 3], [1, 2, 3]))
+        level0 = ("pyramid.scales.0.", "pyramid.outs.0.")
+        assert set(three.state_dict()) == {k for k in full.state_dict() if not k.startswith(level0)}
+        assert "pyramid.outs.3.0.weight" in full.state_dict()
+    else:
+        three = PrunedViTAdapter(
+            **kw, interaction_indexes=[[0, 0], [1, 1]], conv_inplane=8, out_indices=[1, 2, 3]
+        )
+    maps = three.eval()(torch.randn(1, 3, 64, 96))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(8, 12), (4, 6), (2, 3)]
+    with pytest.raises(ValueError, match="out_indices"):
+        PrunedViT(**kw, out_indices=[3, 1])
