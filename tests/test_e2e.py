@@ -157,40 +157,30 @@ def test_a_diverged_run_fails_its_finetune_is_skipped_and_the_rest_go_on(tmp_pat
         assert metrics["checkpoint"] == f"work_dir/iter_{6 if run_id == by_lr['dense', 1e-4] else 2}.pth"
 
 
+def mmdet_tool(name: str, *args) -> subprocess.CompletedProcess:
+    """MMDetection's own ``tools/<name>`` on ``args``, with no environment variable that would let
+    torch load checkpoints without ``prunebench.models``' allow-list."""
+    import mmdet
+
+    tool = Path(mmdet.__file__).parent / ".mim" / "tools" / name
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    cmd = [sys.executable, str(tool), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
 @pytest.mark.parametrize("family", ["plain", "adapter"])
 def test_generated_configs_run_with_mmdetection_tools(tmp_path, family):
     """MMDetection's own tools/train.py and tools/test.py run a dense and a finetune config (the
     finetune's ``load_from`` included) with no environment variable: ``prunebench.models``, which
     every config imports, lets torch's weights-only loading read MMEngine checkpoints."""
-    import mmdet
-
-    tools = Path(mmdet.__file__).parent / ".mim" / "tools"
     sweep = prepare(make_grid(tmp_path, family=family), tmp_path / "results")
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
     for spec, ckpt in ((sweep.runs[0], "iter_4.pth"), (sweep.runs[1], "iter_2.pth")):
         run_dir = sweep.sweep_dir / spec.run_id
-        train = subprocess.run(
-            [sys.executable, str(tools / "train.py"), str(run_dir / "config.py")],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
+        train = mmdet_tool("train.py", run_dir / "config.py")
         assert train.returncode == 0, train.stderr[-3000:]
         if spec.stage == "finetune":
             assert "Load checkpoint from" in train.stdout + train.stderr
-        test = subprocess.run(
-            [
-                sys.executable,
-                str(tools / "test.py"),
-                str(run_dir / "config.py"),
-                str(run_dir / "work_dir" / ckpt),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
+        test = mmdet_tool("test.py", run_dir / "config.py", run_dir / "work_dir" / ckpt)
         assert test.returncode == 0, test.stderr[-3000:]
         assert "bbox_mAP_copypaste" in test.stdout + test.stderr
         assert "segm_mAP_copypaste" in test.stdout + test.stderr

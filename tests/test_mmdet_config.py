@@ -178,16 +178,17 @@ def test_mmdetection_mask_rcnn_config_as_base(tmp_path):
     """A stock MMDetection Mask R-CNN config works as `base`: backbone and detector replaced."""
     dense, ft = sweep(tmp_path, base="mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
     for cfg in (dense, ft):
-        assert cfg.model.type == "PrunedMaskRCNN" and cfg.model.backbone.type == "PrunedViT"
+        assert (cfg.model.type, cfg.model.detector) == ("PrunedDetector", "MaskRCNN")
+        assert cfg.model.backbone.type == "PrunedViT"
         assert cfg.model.backbone.embed_dim == 32 and cfg.model.neck.in_channels == [16] * 4
         assert "prunebench.models" in cfg.custom_imports.imports
         assert cfg.val_dataloader is None and cfg.model.roi_head.mask_head.num_classes == 2
     assert ft.model.backbone.rate == "dynamic"
 
 
-def test_non_mask_rcnn_base_is_rejected(tmp_path):
-    with pytest.raises(GridError, match="not a Mask R-CNN"):
-        sweep(tmp_path, base="mmdet::retinanet/retinanet_r50_fpn_1x_coco.py")
+def test_a_base_without_a_neck_for_the_backbone_is_rejected(tmp_path):
+    with pytest.raises(GridError, match="model.neck.in_channels"):
+        sweep(tmp_path, base="mmdet::yolof/yolof_r50-c5_8xb8-1x_coco.py")
 
 
 @pytest.mark.parametrize("section", ["overrides: {%s: 3}", "axes: {%s: [1, 2]}"])

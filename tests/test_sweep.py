@@ -42,7 +42,7 @@ def test_prepare_writes_loadable_configs(tmp_path):
         assert read_json(run_dir / "run.json") == spec.to_json()
         assert read_json(run_dir / "status.json")["state"] == "pending"
     cfg = Config.fromfile(str(sweep.sweep_dir / pruned.run_id / "config.py"))
-    assert cfg.model.type == "PrunedMaskRCNN" and cfg.model.backbone.type == "PrunedViT"
+    assert cfg.model.type == "PrunedDetector" and cfg.model.backbone.type == "PrunedViT"
     assert cfg.model.backbone.rate == pruned.axes["rate"] and cfg.model.backbone.reactivation is True
     assert cfg.model.backbone.prune_layers == [1] and cfg.model.neck.in_channels == [16] * 4
     assert cfg.load_from.endswith(f"{dense.run_id}/work_dir/iter_4.pth")

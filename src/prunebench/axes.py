@@ -35,11 +35,28 @@ PAPER_DIRECTION: dict[str, tuple] = {
     "selector": ("mlp", "gating"),
 }
 
-#: arch -> (embed_dim, depth, num_heads) of the DeiT models.
+#: arch -> (embed_dim, depth, num_heads) of the ViTs: DeiT, timm's ViT-B/L (DeiT-III, AugReg, MAE
+#: weights) and DINOv2's.
 ARCHS: dict[str, tuple[int, int, int]] = {
     "deit-tiny": (192, 12, 3),
     "deit-small": (384, 12, 6),
     "deit-base": (768, 12, 12),
+    "vit-base": (768, 12, 12),
+    "vit-large": (1024, 24, 16),
+    "dinov2-small": (384, 12, 6),
+    "dinov2-base": (768, 12, 12),
+    "dinov2-large": (1024, 24, 16),
+}
+_DINOV2 = dict(layer_scale=1e-5, pretrain_img_size=592)
+#: backbone defaults of an arch where they differ from DeiT's: DINOv2's LayerScale and its 37x37
+#: position grid (518 px at patch 14; 592 px at patch 16, as ViT-Adapter's DINOv2 configs, whose
+#: patch kernel is resized from 14 to 16), ViT-Adapter's deformable heads for the B and L widths.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit-base": dict(deform_num_heads=12, deform_ratio=0.5),
+    "vit-large": dict(deform_num_heads=16, deform_ratio=0.5),
+    "dinov2-small": _DINOV2,
+    "dinov2-base": dict(_DINOV2, deform_num_heads=12, deform_ratio=0.5),
+    "dinov2-large": dict(_DINOV2, deform_num_heads=16, deform_ratio=0.5),
 }
 #: latency timing of a run when its grid's ``bench:`` (or ``prunebench eval``) does not say.
 BENCH_DEFAULTS = {"images": 20, "warmup": 2, "repeats": 5}
@@ -86,6 +103,11 @@ TIMM_NAMES: dict[str, str] = {
     "deit-tiny": "deit_tiny_patch16_224",
     "deit-small": "deit_small_patch16_224",
     "deit-base": "deit_base_patch16_224",
+    "vit-base": "vit_base_patch16_224",
+    "vit-large": "vit_large_patch16_224",
+    "dinov2-small": "vit_small_patch14_dinov2",
+    "dinov2-base": "vit_base_patch14_dinov2",
+    "dinov2-large": "vit_large_patch14_dinov2",
 }
 
 #: The paper's schedule: selectors before blocks 4..12 (1-based), keep ratios of all N tokens.
@@ -104,6 +126,22 @@ def keep_schedule(keep_ratios: list[float], keep: float) -> list[float]:
 
 #: ATC's linkage functions (backbone ``linkage`` of ``method: atc``).
 LINKAGES: tuple[str, ...] = ("average", "complete", "single")
+
+
+def scale_schedule(layers: list[int], ratios: list[float], depth: int) -> tuple[list[int], list[float]]:
+    """A schedule of a 12-block ViT (0-based ``layers``, their keep ``ratios``) scaled to ``depth``
+    blocks: the same keep ratios at the same relative depth, each 12-block position spanning
+    ``depth / 12`` blocks."""
+    by_position = dict(zip(layers, ratios))
+    scaled = [i for i in range(depth) if i * 12 // depth in by_position]
+    return scaled, [by_position[i * 12 // depth] for i in scaled]
+
+
+def reference_schedule(depth: int) -> tuple[list[int], list[float]]:
+    """The reference schedule for ``depth`` blocks (24: selectors before blocks 7..24, 1-based;
+    stages of six blocks at 0.7, 0.49, 0.343)."""
+    return scale_schedule(REFERENCE_LAYERS, REFERENCE_RATIOS, depth)
+
 
 #: precisions a benchmark can run in (autocast dtypes besides plain fp32).
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")

@@ -72,7 +72,7 @@ def _check_models() -> str:
     from .axes import FAMILIES
     from .models.ms_deform_attn import deform_attn_backend
 
-    names = [*FAMILIES.values(), "PrunedMaskRCNN"]
+    names = [*FAMILIES.values(), "PrunedDetector", "PrunedMaskRCNN"]
     missing = [m for m in names if MODELS.get(m) is None]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not registered")

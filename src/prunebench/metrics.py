@@ -73,10 +73,11 @@ def keep_ratio_recorder(backbone):
 
 
 def coco_metrics(raw: dict) -> dict:
-    """``box_ap`` / ``mask_ap`` (0-100) and every raw value of MMDetection's CocoMetric."""
+    """``box_ap`` / ``mask_ap`` (0-100; ``mask_ap`` None for a box-only detector) and every raw
+    value of MMDetection's CocoMetric."""
     coco = {k.split("/", 1)[-1]: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
     return {
         "box_ap": round(100 * coco.get("bbox_mAP", float("nan")), 2),
-        "mask_ap": round(100 * coco.get("segm_mAP", float("nan")), 2),
+        "mask_ap": round(100 * coco["segm_mAP"], 2) if "segm_mAP" in coco else None,
         "coco": coco,
     }

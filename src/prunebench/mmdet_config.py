@@ -17,6 +17,7 @@ from typing import Any
 
 from .axes import FAMILIES, FAMILY_ARGS, feature_channels
 from .configs import base_path
+from .configs.detectors import LEVELS, PRUNED_DETECTOR_ARGS, DetectorError, adapt_detector, set_num_classes
 from .grid import Grid
 from .spec import RunSpec
 
@@ -27,23 +28,17 @@ AMP_INIT_SCALE = 512  # the official fp16 setting: dynamic loss scaling from 512
 def load_base(grid: Grid) -> dict:
     """The grid's base config as a plain dict (``_base_`` inheritance resolved by MMEngine).
 
-    Any MMDetection Mask R-CNN config works: its backbone is replaced by prunebench's, its
-    detector by ``PrunedMaskRCNN``, and ``prunebench.models`` and the grid's ``imports`` (plug-in
-    selectors) join its ``custom_imports``."""
+    Any MMDetection detector with a backbone and a neck works (two-stage, one-stage,
+    query-based): it becomes ``PrunedDetector`` of that detector, its backbone prunebench's with
+    the maps its neck takes (:func:`~prunebench.configs.detectors.adapt_detector`), and
+    ``prunebench.models`` and the grid's ``imports`` (plug-in selectors) join its ``custom_imports``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(base_path(grid.path, grid.base))).to_dict()
-    model = cfg.get("model") or {}
-    if model.get("type") not in ("MaskRCNN", "PrunedMaskRCNN") or "neck" not in model:
-        raise grid.error(
-            "base",
-            f"{grid.base!r} builds a {model.get('type')!r} model, not a Mask R-CNN with a neck",
-            "use a built-in template or an MMDetection Mask R-CNN config such "
-            "as mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
-        )
-    model["type"] = "PrunedMaskRCNN"
-    if model["backbone"].get("type") not in FAMILIES.values():
-        model["backbone"] = dict(type="PrunedViT", out_channels=model["neck"].get("out_channels", 256))
+    try:
+        cfg["model"] = adapt_detector(cfg.get("model") or {}, tuple(FAMILIES.values()))
+    except DetectorError as e:
+        raise grid.error("base", f"{grid.base!r}: {e.key}: {e}", e.fix) from None
     imports = cfg.setdefault("custom_imports", dict(imports=[], allow_failed_imports=False))
     for module in ("prunebench.models", "prunebench.hooks", *grid.imports):
         if module not in imports["imports"]:
@@ -83,12 +78,16 @@ def unknown_argument(base: dict, key: str) -> str | None:
         or leaf in ("type", "_delete_")
     ):
         return None
-    params = _accepted_arguments(str(node["type"]))
+    kind = str(node["type"])
+    if kind == "PrunedDetector":  # the pruning losses' own arguments, then its detector's
+        if leaf in PRUNED_DETECTOR_ARGS:
+            return None
+        kind = str(node.get("detector"))
+    params = _accepted_arguments(kind)
     if params is None or leaf in params:
         return None
     return (
-        f"{node['type']} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: "
-        f"{', '.join(sorted(params))}"
+        f"{kind} (at {'.'.join(parents)}) takes no argument {leaf!r}; it accepts: {', '.join(sorted(params))}"
     )
 
 
@@ -188,7 +187,8 @@ def set_backbone(cfg: dict, args: dict) -> None:
     backbone = {k: v for k, v in cfg["model"]["backbone"].items() if k not in others}
     backbone.update({k: v for k, v in args.items() if k != "family"}, type=FAMILIES[family])
     cfg["model"]["backbone"] = backbone
-    cfg["model"]["neck"]["in_channels"] = [feature_channels(family, backbone)] * 4
+    maps = len(backbone.get("out_indices", LEVELS))
+    cfg["model"]["neck"]["in_channels"] = [feature_channels(family, backbone)] * maps
     if family == "adapter":
         cfg["sync_bn"] = "torch"
 
@@ -244,9 +244,7 @@ def set_data(cfg: dict, data: dict, root: Path, classes: list[str]) -> None:
                 if step["type"] == "Resize":
                     step["scale"] = tuple(data["img_scale"])
     cfg["test_evaluator"]["ann_file"] = root_s + files["val_ann"]
-    roi = cfg["model"]["roi_head"]
-    roi["bbox_head"]["num_classes"] = len(classes)
-    roi["mask_head"]["num_classes"] = len(classes)
+    set_num_classes(cfg["model"], len(classes))
 
 
 def default_milestones(stage: str, length: int) -> list[int]:

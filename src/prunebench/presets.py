@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from .axes import METHOD_AXIS, PRUNING_AXES
+from .axes import ARCHS, METHOD_AXIS, PRUNING_AXES, scale_schedule
 
 __all__ = [
     "Preset",
@@ -178,9 +178,15 @@ def plugin_selectors() -> tuple[str, ...]:
 def backbone_args(name: str, args: dict) -> dict:
     """Backbone arguments of a ``name`` finetune: ``args`` (the grid's), the method's four axes
     (the class-attention and merging methods have no selector: their ``selector`` value is a label) and its
-    own settings."""
+    own settings; a method's own 12-block schedule is scaled to a deeper arch
+    (:func:`~prunebench.axes.scale_schedule`)."""
     p = preset(name)
     out = {**args, **p.axes, **p.backbone}
+    depth = out.get("depth") or ARCHS.get(out.get("arch", "deit-small"), ARCHS["deit-small"])[1]
+    if "prune_layers" in p.backbone and depth > 12:  # a 12-block schedule, scaled to a deeper ViT
+        out["prune_layers"], out["keep_ratios"] = scale_schedule(
+            p.backbone["prune_layers"], p.backbone["keep_ratios"], depth
+        )
     if out.get("selector") in (CLASS_ATTENTION, KEY_SIMILARITY):
         del out["selector"]
     return out

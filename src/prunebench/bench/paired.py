@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..axes import REFERENCE_LAYERS, REFERENCE_RATIOS
+from ..axes import ARCHS, reference_schedule
 from ..configs import load_config
 from .inputs import build_detector, dataset_batches, file_batches, synthetic_data
 from .probe import measure_models
@@ -115,7 +115,8 @@ def run_bench(
 ) -> dict:
     """Dense vs pruned detector side by side in one process: a Rich table and a dict.
 
-    ``family``: ``plain`` or ``adapter`` backbone. The pruned model (reference schedule unless
+    ``family``: ``plain`` or ``adapter`` backbone. The pruned model (reference schedule, scaled to
+    the arch's depth, unless
     ``prune_layers``/``keep_ratios`` are given; random-init selectors) shares all other weights
     with the dense one. Inputs: a random
     ``input_size`` image, or with ``images`` (a folder or COCO annotation file) its first
@@ -126,9 +127,10 @@ def run_bench(
     from rich.console import Console
     from rich.table import Table
 
+    layers, ratios = reference_schedule(backbone_kwargs.get("depth") or ARCHS[arch][1])
     schedule = dict(
-        prune_layers=list(REFERENCE_LAYERS if prune_layers is None else prune_layers),
-        keep_ratios=list(REFERENCE_RATIOS if keep_ratios is None else keep_ratios),
+        prune_layers=list(layers if prune_layers is None else prune_layers),
+        keep_ratios=list(ratios if keep_ratios is None else keep_ratios),
     )
     torch.manual_seed(seed)
     dense = build_detector(arch, config, family, **backbone_kwargs)

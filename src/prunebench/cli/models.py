@@ -12,7 +12,9 @@ from .main import MODELS, app, fail
 
 @app.command(rich_help_panel=MODELS)
 def bench(
-    arch: str = typer.Option("deit-small", help="DeiT size: deit-tiny | deit-small | deit-base."),
+    arch: str = typer.Option(
+        "deit-small", help="ViT: deit-tiny|small|base, vit-base|large, dinov2-small|base|large."
+    ),
     backbone: str = typer.Option(
         "plain",
         "--backbone",
@@ -73,7 +75,7 @@ def bench(
         from ..presets import backbone_args
 
         try:
-            pruned = backbone_args(method, {})
+            pruned = backbone_args(method, {"arch": arch})
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--method") from None
         schedule = {k: pruned.pop(k) for k in ("prune_layers", "keep_ratios") if k in pruned}
@@ -104,10 +106,17 @@ def bench(
 @app.command(rich_help_panel=MODELS)
 def weights(
     path: Path = typer.Argument(
-        ..., help="ImageNet DeiT checkpoint: official DeiT .pth, timm .pth/.bin or .safetensors."
+        ...,
+        help="ImageNet ViT checkpoint: official DeiT / DeiT-III / MAE / DINOv2 .pth, timm .pth/.bin "
+        "or .safetensors.",
     ),
-    arch: str = typer.Option("deit-small", "--arch", help="deit-tiny | deit-small | deit-base."),
+    arch: str = typer.Option(
+        "deit-small", "--arch", help="deit-tiny|small|base, vit-base|large, dinov2-small|base|large."
+    ),
     backbone: str = typer.Option("plain", "--backbone", help="Backbone family: plain | adapter."),
+    layer_scale: Optional[float] = typer.Option(
+        None, "--layer-scale", help="LayerScale for a vit-* arch (DeiT-III files: 1e-6); dinov2-* have it."
+    ),
 ) -> None:
     """Check a pretrained checkpoint before a long job: load it the way a run would.
 
@@ -117,7 +126,7 @@ def weights(
 
     from ..models.weights_report import check_weights
 
-    raise typer.Exit(check_weights(path, arch, Console(), backbone))
+    raise typer.Exit(check_weights(path, arch, Console(), backbone, layer_scale))
 
 
 @app.command(rich_help_panel=MODELS)

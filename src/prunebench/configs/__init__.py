@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 TEMPLATE_DIR = Path(__file__).parent
-TEMPLATES = {"mask-rcnn-vit": "mask_rcnn_vit.py", "mask-rcnn-vit-cpu": "mask_rcnn_vit_cpu.py"}
+TEMPLATES = {
+    "mask-rcnn-vit": "mask_rcnn_vit.py",
+    "mask-rcnn-vit-cpu": "mask_rcnn_vit_cpu.py",
+    "cascade-mask-rcnn-vit": "cascade_mask_rcnn_vit.py",
+    "cascade-mask-rcnn-vit-cpu": "cascade_mask_rcnn_vit_cpu.py",
+    "dino-vit": "dino_vit.py",
+    "dino-vit-cpu": "dino_vit_cpu.py",
+}
 
 
 def load_config(path: str | Path | None = None):

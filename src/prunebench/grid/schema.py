@@ -50,6 +50,7 @@ BACKBONE_KEYS = (
     *PRUNING_KEYS,
     "drop_path_rate",
     "pretrained",
+    "layer_scale",
     *(key for keys in FAMILY_ARGS.values() for key in keys),
 )
 DATA_KEYS = {

@@ -21,9 +21,9 @@ from ..axes import (
     PRECISIONS,
     PRUNING_AXES,
     REFERENCE_LAYERS,
-    REFERENCE_RATIOS,
     SELECTOR_INFERENCE,
     SELECTOR_INITS,
+    reference_schedule,
 )
 from .methods import METHOD_AXIS, axis_values, check_method_axes, unknown_value
 from .schema import (
@@ -42,8 +42,6 @@ from .schema import (
 def _check_backbone(c: _Checker, raw: Any, grid_path: Path) -> dict:
     bb = {
         "arch": "deit-small",
-        "prune_layers": REFERENCE_LAYERS,
-        "keep_ratios": REFERENCE_RATIOS,
         "selector_init": "official",
         **c.known("backbone", raw, BACKBONE_KEYS),
     }
@@ -56,7 +54,9 @@ def _check_backbone(c: _Checker, raw: Any, grid_path: Path) -> dict:
     ):
         if key in bb and bb[key] not in allowed:
             raise c.fail(f"backbone.{key}", f"unknown {key} {bb[key]!r}", f"use one of {', '.join(allowed)}")
-    layers, ratios = bb["prune_layers"], bb["keep_ratios"]
+    depth = bb.get("depth") if isinstance(bb.get("depth"), int) else ARCHS[bb["arch"]][1]
+    layers, ratios = reference_schedule(depth)  # the default: the reference, scaled to the depth
+    layers, ratios = bb.setdefault("prune_layers", layers), bb.setdefault("keep_ratios", ratios)
     if not isinstance(layers, list) or not isinstance(ratios, list) or len(layers) != len(ratios):
         raise c.fail(
             "backbone.keep_ratios",

@@ -1,5 +1,6 @@
 """Token-pruning models; importing this package registers ``PrunedViT``, ``PrunedViTAdapter`` and
-``PrunedMaskRCNN`` in MMDetection's ``MODELS`` registry (and a method protocol's optimizer
+``PrunedDetector`` (the pruning losses on any MMDetection detector; ``PrunedMaskRCNN`` for
+earlier configs) in MMDetection's ``MODELS`` registry (and a method protocol's optimizer
 constructor and hook, :mod:`.protocol`), exposes ``SELECTORS`` (the registry a
 user's own selector joins) and lets ``torch.load(weights_only=True)`` read MMEngine's
 checkpoints (exactly the types they hold), so a generated ``config.py``, whose ``custom_imports``
@@ -35,7 +36,7 @@ if find_spec("mmdet") is not None:  # an installed but broken MMDetection still 
     from mmdet.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
     from ..checkpoint import allow_mmengine_checkpoints
-    from .detector import PrunedMaskRCNN  # noqa: F401  (registers itself)
+    from .detector import PrunedDetector, PrunedMaskRCNN  # register themselves
     from .protocol import FrozenStartHook, SelectorLrConstructor
 
     MODELS.register_module(module=PrunedViT)
@@ -43,4 +44,4 @@ if find_spec("mmdet") is not None:  # an installed but broken MMDetection still 
     HOOKS.register_module(module=FrozenStartHook)
     OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=SelectorLrConstructor)
     allow_mmengine_checkpoints()
-    __all__.append("PrunedMaskRCNN")
+    __all__ += ["PrunedDetector", "PrunedMaskRCNN"]

@@ -42,7 +42,7 @@ from mmengine.model import BaseModule
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-from ..axes import ARCHS, PRUNING_AXES, SELECTOR_INFERENCE, SELECTOR_INITS, impossible, stages
+from ..axes import ARCH_DEFAULTS, ARCHS, PRUNING_AXES, SELECTOR_INFERENCE, SELECTOR_INITS, impossible, stages
 from ..distributed import all_ranks_sum
 from .blocks import SPARSE_MODES, gated_block, sparse_block
 from .deit_weights import load_pretrained
@@ -92,12 +92,14 @@ class PrunedBackbone(BaseModule):
         selector_init: str = "official",
         selector_inference: str = "argmax",
         drop_path_rate: float = 0.0,
-        pretrain_img_size: int = 224,
+        pretrain_img_size: Optional[int] = None,
+        layer_scale: Optional[float] = None,
         pretrained: Optional[str] = None,
         sparse_mode: str = "auto",
         masked_eval: bool = False,
         masking: str = "gate",
         rounding: str = "round",
+        out_indices: Sequence[int] = (0, 1, 2, 3),
         init_cfg: Optional[dict] = None,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -120,13 +122,19 @@ class PrunedBackbone(BaseModule):
         if reason:
             raise ValueError(reason)
         d, n_blocks, heads = ARCHS[arch]
+        arch_defaults = ARCH_DEFAULTS.get(arch, {})
+        pretrain_img_size = pretrain_img_size or arch_defaults.get("pretrain_img_size", 224)
+        layer_scale = arch_defaults.get("layer_scale") if layer_scale is None else layer_scale or None
         embed_dim, depth, num_heads = embed_dim or d, depth or n_blocks, num_heads or heads
         prune_layers, keep_ratios = [int(i) for i in prune_layers], [float(r) for r in keep_ratios]
         _check_schedule(prune_layers, keep_ratios, depth, reactivation)
         if embed_dim % 4 or embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 and by num_heads {num_heads}")
 
-        self.embed_dim, self.patch_size = embed_dim, patch_size
+        self.out_indices = [int(i) for i in out_indices]
+        if not self.out_indices or self.out_indices != sorted(set(self.out_indices) & {0, 1, 2, 3}):
+            raise ValueError(f"out_indices {list(out_indices)} must be increasing levels of [0, 1, 2, 3]")
+        self.arch, self.embed_dim, self.patch_size = arch, embed_dim, patch_size
         self.prune_layers, self.keep_ratios = prune_layers, keep_ratios
         self.pruned_tokens, self.reactivation, self.rate, self.tau = pruned_tokens, reactivation, rate, tau
         self.selector_init, self.selector_inference = selector_init, selector_inference
@@ -152,6 +160,7 @@ class PrunedBackbone(BaseModule):
                     num_heads,
                     mlp_ratio,
                     qkv_bias=True,
+                    init_values=layer_scale,
                     drop_path=dpr[i],
                     norm_layer=partial(nn.LayerNorm, eps=1e-6),
                 )

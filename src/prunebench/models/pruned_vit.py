@@ -21,40 +21,43 @@ class SimplePyramid(nn.Module):
     """ViTDet-style pyramid from the stride-16 map: deconvolutions up, max-pooling down.
 
     Each level then gets ``Conv1x1 -> LayerNorm2d`` to ``out_channels`` (an FPN neck follows).
+    Only the ``levels`` the neck takes are built (0..3: strides 4, 8, 16, 32; keys by level).
     """
 
-    def __init__(self, dim: int, out_channels: int):
+    def __init__(self, dim: int, out_channels: int, levels=(0, 1, 2, 3)):
         super().__init__()
-        self.scales = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.ConvTranspose2d(dim, dim // 2, 2, 2),
-                    LayerNorm2d(dim // 2),
-                    nn.GELU(),
-                    nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2),
-                ),
+        scales = [
+            nn.Sequential(
                 nn.ConvTranspose2d(dim, dim // 2, 2, 2),
-                nn.Identity(),
-                nn.MaxPool2d(2),
-            ]
-        )
-        self.outs = nn.ModuleList(
-            [
-                nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels))
-                for c in (dim // 4, dim // 2, dim, dim)
-            ]
-        )
+                LayerNorm2d(dim // 2),
+                nn.GELU(),
+                nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2),
+            ),
+            nn.ConvTranspose2d(dim, dim // 2, 2, 2),
+            nn.Identity(),
+            nn.MaxPool2d(2),
+        ]
+        outs = [
+            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels))
+            for c in (dim // 4, dim // 2, dim, dim)
+        ]
+        self.scales = nn.ModuleDict({str(i): scales[i] for i in levels})
+        self.outs = nn.ModuleDict({str(i): outs[i] for i in levels})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(out(scale(x)) for scale, out in zip(self.scales, self.outs))
+        return tuple(out(self.scales[i](x)) for i, out in self.outs.items())
 
 
 class PrunedViT(PrunedBackbone):
-    """DeiT backbone with token pruning; returns maps at strides 4, 8, 16, 32.
+    """DeiT backbone with token pruning; returns maps at strides 4, 8, 16, 32 (those of
+    ``out_indices``: levels 0..3, the maps the neck takes).
 
     Args:
-        arch: ``deit-tiny`` | ``deit-small`` | ``deit-base``; ``embed_dim``, ``depth`` and
-            ``num_heads`` override its dimensions.
+        arch: ``deit-tiny`` | ``deit-small`` | ``deit-base`` | ``vit-base`` | ``vit-large`` |
+            ``dinov2-small`` | ``dinov2-base`` | ``dinov2-large``; ``embed_dim``, ``depth`` and
+            ``num_heads`` override its dimensions, ``layer_scale`` (LayerScale's initial value;
+            DINOv2's 1e-5 by default, 0 for none; DeiT-III's 1e-6) and ``pretrain_img_size``
+            (the position grid: 224 px, DINOv2's 592) its defaults (``axes.ARCH_DEFAULTS``).
         prune_layers: 0-based block indices that may prune; ``[]`` is dense.
         keep_ratios: target fraction of all N tokens kept at each pruning layer, in (0, 1].
         pruned_tokens: ``preserve`` (pruned tokens keep their value and reach the output),
@@ -98,7 +101,7 @@ class PrunedViT(PrunedBackbone):
     def __init__(self, *args, out_channels: int = 256, **kwargs):
         super().__init__(*args, **kwargs)
         self.norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
-        self.pyramid = SimplePyramid(self.embed_dim, out_channels)
+        self.pyramid = SimplePyramid(self.embed_dim, out_channels, self.out_indices)
         self._init_vit()
 
     def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:

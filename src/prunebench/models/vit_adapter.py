@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..axes import ARCH_DEFAULTS
 from .adapter_modules import Geometry, InteractionBlock, SpatialPriorModule, to_map
 from .ms_deform_attn import DeformableAttention
 from .pruned_backbone import PrunedBackbone, pad_to_32
@@ -35,15 +36,23 @@ __all__ = ["PrunedViTAdapter", "INTERACTION_INDEXES"]
 INTERACTION_INDEXES = [[0, 2], [3, 5], [6, 8], [9, 11]]
 
 
+def interaction_groups(depth: int) -> list[list[int]]:
+    """ViT-Adapter's four equal groups of blocks: 12 blocks -> ``INTERACTION_INDEXES``, 24 blocks
+    (ViT-Adapter-L) -> ``[[0, 5], [6, 11], [12, 17], [18, 23]]``."""
+    bounds = [round(depth * k / 4) for k in range(5)]
+    return [[bounds[k], bounds[k + 1] - 1] for k in range(4)]
+
+
 class PrunedViTAdapter(PrunedBackbone):
-    """ViT-Adapter backbone with token pruning; returns maps at strides 4, 8, 16, 32 with
-    ``embed_dim`` channels (SyncBatchNorm-normalised when MMEngine's ``sync_bn`` converts them).
+    """ViT-Adapter backbone with token pruning; returns maps at strides 4, 8, 16, 32 (those of
+    ``out_indices``) with ``embed_dim`` channels (SyncBatchNorm-normalised when MMEngine's
+    ``sync_bn`` converts them).
 
     Takes :class:`~prunebench.models.PrunedViT`'s arguments (without ``out_channels``) and
     ViT-Adapter's, with the official defaults: ``conv_inplane`` (spatial prior width),
     ``n_points``, ``deform_num_heads``, ``deform_ratio``, ``cffn_ratio`` (ConvFFN hidden share),
     ``init_values`` (injector gate), ``interaction_indexes`` (groups of blocks, covering every
-    block in order), ``add_vit_feature`` (add the ViT map to the outputs) and
+    block in order; default four equal groups), ``add_vit_feature`` (add the ViT map to the outputs) and
     ``use_extra_extractor`` (two more extractors in the last interaction).
     """
 
@@ -64,18 +73,21 @@ class PrunedViTAdapter(PrunedBackbone):
         *args,
         conv_inplane: int = 64,
         n_points: int = 4,
-        deform_num_heads: int = 6,
-        deform_ratio: float = 1.0,
+        deform_num_heads: Optional[int] = None,
+        deform_ratio: Optional[float] = None,
         cffn_ratio: float = 0.25,
         init_values: float = 0.0,
-        interaction_indexes: Sequence[Sequence[int]] = INTERACTION_INDEXES,
+        interaction_indexes: Optional[Sequence[Sequence[int]]] = None,
         add_vit_feature: bool = True,
         use_extra_extractor: bool = True,
         drop_path_rate: float = 0.0,
         **kwargs,
     ):
         super().__init__(*args, drop_path_rate=drop_path_rate, **kwargs)
-        groups = [[int(a), int(b)] for a, b in interaction_indexes]
+        arch_defaults = ARCH_DEFAULTS.get(self.arch, {})
+        deform_num_heads = deform_num_heads or arch_defaults.get("deform_num_heads", 6)
+        deform_ratio = deform_ratio or arch_defaults.get("deform_ratio", 1.0)
+        groups = [[int(a), int(b)] for a, b in interaction_indexes or interaction_groups(len(self.blocks))]
         starts = [0] + [b + 1 for _, b in groups[:-1]]
         if (
             [a for a, _ in groups] != starts
@@ -149,7 +161,8 @@ class PrunedViTAdapter(PrunedBackbone):
         if self.add_vit_feature:
             x3 = to_map(x, h, w)
             outs = [o + _rescale(x3, scale) for o, scale in zip(outs, (4, 2, 1, 0.5))]
-        return tuple(norm(o) for norm, o in zip((self.norm1, self.norm2, self.norm3, self.norm4), outs))
+        norms = (self.norm1, self.norm2, self.norm3, self.norm4)
+        return tuple(norms[i](outs[i]) for i in self.out_indices)
 
 
 def _rescale(m: torch.Tensor, scale: float) -> torch.Tensor:

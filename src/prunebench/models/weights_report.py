@@ -1,10 +1,11 @@
-"""``prunebench weights``: what an ImageNet DeiT checkpoint covers of a pruned backbone."""
+"""``prunebench weights``: what an ImageNet ViT checkpoint covers of a pruned backbone."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from ..axes import ARCHS, FAMILIES, REFERENCE_LAYERS, REFERENCE_RATIOS
+from ..axes import ARCHS, FAMILIES, reference_schedule
 from .deit_weights import WeightsError, load_pretrained
 from .pruned_vit import PrunedViT
 from .vit_adapter import PrunedViTAdapter
@@ -20,8 +21,11 @@ def _group(keys: list[str]) -> list[tuple[str, int]]:
     return sorted(groups.items())
 
 
-def check_weights(path: Path, arch: str, console, family: str = "plain") -> int:
-    """Load ``path`` into a pruned ``arch`` backbone of ``family`` as a run would; print a coverage
+def check_weights(
+    path: Path, arch: str, console, family: str = "plain", layer_scale: Optional[float] = None
+) -> int:
+    """Load ``path`` into a pruned ``arch`` backbone of ``family`` (reference schedule scaled to its
+    depth; ``layer_scale`` as the grid's ``backbone.layer_scale``) as a run would; print a coverage
     table. Returns the exit code: 0 when it loads, 1 when it would not."""
     from rich.markup import escape
     from rich.table import Table
@@ -33,7 +37,8 @@ def check_weights(path: Path, arch: str, console, family: str = "plain") -> int:
         )
         return 1
     cls = _BACKBONES[family]
-    model = cls(arch=arch, prune_layers=REFERENCE_LAYERS, keep_ratios=REFERENCE_RATIOS)
+    layers, ratios = reference_schedule(ARCHS[arch][1])
+    model = cls(arch=arch, prune_layers=layers, keep_ratios=ratios, layer_scale=layer_scale)
     try:
         report = load_pretrained(model, path)
     except WeightsError as e:

@@ -144,11 +144,14 @@ def check_paper(report: Report, runs: list, margin: float = 0.5) -> PaperCheck:
         if (e.first, e.second) == facts.PAPER_DIRECTION.get(e.axis)
     }
     verdicts = []
+    measured = [
+        m for m in VERDICT_METRICS if any(r.get(m) is not None for r in report.rows)
+    ]  # box-only: no mask AP
     for i, finding in enumerate(paper["findings"], 1):
         axis, kind = finding["axis"], finding["kind"]
         better, other = (facts.value_label(axis, v) for v in facts.PAPER_DIRECTION[axis])
         direction = f"{better} > {other}" if kind == "better" else f"{better} ≈ {other} (±{margin:g} AP)"
-        for metric in VERDICT_METRICS:
+        for metric in measured:
             effect = effects.get((axis, metric))
             verdicts.append(
                 Verdict(i, finding["claim"], axis, direction, metric, effect, *judge(effect, kind, margin))

@@ -86,9 +86,12 @@ def plot_pareto(report: Report, path: Path) -> int:
     from matplotlib.lines import Line2D
 
     rows = [r for r in report.rows if r["latency_full"] is not None]
-    fig, axs = plt.subplots(1, 2, figsize=(12, 5.6), layout="constrained")
+    panels = [("box_ap", "box AP")] + [("mask_ap", "mask AP")] * any(r["mask_ap"] is not None for r in rows)
+    fig, axs = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 5.6), layout="constrained", squeeze=False
+    )
     shapes, colours = {}, {}
-    for ax, key, name in zip(axs, ("box_ap", "mask_ap"), ("box AP", "mask AP")):
+    for ax, (key, name) in zip(axs[0], panels):  # box-only detectors: no mask panel
         pts = [r for r in rows if r[key] is not None]
         groups: dict[tuple, list[dict]] = {}
         for r in pts:
