@@ -88,6 +88,7 @@ def test_one_stage_and_query_based_detectors_train_with_the_keep_ratio_loss(tmp_
     from mmdet.utils import register_all_modules
 
     register_all_modules()
+    torch.manual_seed(0)  # Gumbel decisions: a draw that hits the target exactly has zero loss
     detector = BASES[base][0]
     for cfg in configs(tmp_path, base):
         model = MODELS.build(cfg.model)
