@@ -189,7 +189,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..bench import measure_run
+    from ..bench import FlopsRecorder, measure_run
     from ..metrics import coco_metrics, keep_ratio_recorder, run_env
 
     runner = Runner(
@@ -217,7 +217,8 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         task = progress.add_task(f"COCO test of {images} val images", total=images)
         runner.register_hook(_progress_hook(progress, task), priority="VERY_LOW")
         torch.manual_seed(spec.seed)  # the Gumbel samples of selector_inference=gumbel
-        raw = runner.test()
+        with FlopsRecorder(model) as flops:  # per val image: tokens per block, GFLOPs
+            raw = runner.test()
     test_time = time.time() - t0
     keep_stats = keep()
     write_status(run_dir, "running", phase="bench", log=str(run_dir / EVAL_LOG))
@@ -230,7 +231,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         **coco_metrics(raw),
         "latency_ms": timed["latency_ms"],
         "paired": None,
-        "flops_g": timed["flops_g"],
+        "flops_g": flops.summary("val"),
         "keep_ratio": keep_stats,
         "checkpoint": str(cfg.load_from),
         "eval": {"images": images, "test_time_s": round(test_time, 1)},
@@ -244,7 +245,8 @@ def _summary(m: dict, run_dir: Path, console) -> None:
     console.print(
         f"box AP {m['box_ap']:.1f}  mask AP {m['mask_ap']:.1f}  keep ratio {m['keep_ratio']['mean']:.3f}  "
         f"latency full {lat['full']:.1f} ms / backbone {lat['backbone']:.1f} ms ({lat['device']}, "
-        f"{lat['dtype']}, {lat['source']['count']} images)  GFLOPs full {full}"
+        f"{lat['dtype']}, {lat['source']['count']} images)  GFLOPs full {full} "
+        f"(mean over {flops['images']} val images)"
     )
     console.print(
         f"wrote {run_dir / METRICS_FILE} ({m['eval']['images']} val images in {m['eval']['test_time_s']} s)"

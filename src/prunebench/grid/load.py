@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..configs import TEMPLATES, base_path
+from ..tracking.section import check_tracking
 from .methods import check_imports, check_method_depth
 from .schema import SECTIONS, SLURM_KEYS, Grid, GridError, _Checker, _key_lines
 from .sections import (
@@ -109,4 +110,5 @@ def load_grid(path: str | Path) -> Grid:
         slurm,
         lines,
         imports,
+        tracking=check_tracking(c, raw.get("tracking")),
     )

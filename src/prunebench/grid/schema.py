@@ -30,6 +30,7 @@ SECTIONS = (
     "overrides",
     "slurm",
     "imports",
+    "tracking",
 )
 BACKBONE_KEYS = (
     "family",
@@ -129,6 +130,7 @@ class Grid:
     slurm: dict
     lines: dict[str, int] = field(default_factory=dict, repr=False)
     imports: list[str] = field(default_factory=list)  # modules that register plug-in selectors
+    tracking: dict[str, dict] = field(default_factory=dict)  # tracker -> settings (prunebench.tracking)
 
     def error(self, key: str, problem: str, fix: str) -> GridError:
         """A GridError naming this grid's file and the line of ``key``."""
