@@ -270,7 +270,7 @@ def test_mlflow_vis_backend_and_final_results_in_one_run(mlflow_server, tmp_path
     cfg = {"visualizer": {"vis_backends": []}, "work_dir": str(run_dir / "work_dir")}
     add_vis_backends(cfg, {"mlflow": {"tracking_uri": mlflow_server}}, spec, run_dir)
     (run_dir / "work_dir").mkdir()
-    backend = VISBACKENDS.build(cfg["visualizer"]["vis_backends"][0])
+    backend = VISBACKENDS.build({**cfg["visualizer"]["vis_backends"][0], "save_dir": str(run_dir / "vis")})
     train = {
         "train_cfg": {"max_iters": 2},
         "optim_wrapper": {"optimizer": {"lr": 1e-4}},

@@ -141,7 +141,7 @@ def report(
         "tensorboard (runs sent before are skipped).",
     ),
     tracking_uri: Optional[str] = typer.Option(
-        None, "--tracking-uri", help="--to mlflow: the server or store (default: <results>/mlruns)."
+        None, "--tracking-uri", help="--to mlflow: the server or store (default: <results>/mlflow.db)."
     ),
     experiment: Optional[str] = typer.Option(
         None,

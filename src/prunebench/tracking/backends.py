@@ -81,8 +81,7 @@ def vis_backends(dest: dict[str, dict], identity: dict) -> list[dict]:
         m = dest["mlflow"]
         backends.append(
             dict(
-                type="MLflowVisBackend",
-                save_dir=m["tracking_uri"],
+                type="MLflowVisBackend",  # save_dir: the runner's vis_data folder (unused with a URI)
                 exp_name=m["experiment"],
                 run_name=identity["run_id"],
                 tags={**params, RUN_TAG: identity["run_id"]},
