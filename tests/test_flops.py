@@ -1,6 +1,7 @@
 """FLOPs per image over an image set (prunebench.bench.flops): the exact decomposition against a
 direct trace of the same image with the same decisions, on tiny CPU detectors."""
 
+import contextlib
 import copy
 
 import pytest
@@ -102,3 +103,26 @@ def test_backbone_only_and_summary():
     assert out["p10"]["full"] is None and out["vit_blocks"] < out["backbone"]
     one = flops_summary([{"backbone": 2.0, "full": 3.0, "blocks": 1.0}], "val", 1)
     assert one["p10"] == one["p90"] == {"backbone": 2.0, "full": 3.0, "vit_blocks": 1.0}
+
+
+def test_traces_leave_the_evaluation_as_it_was():
+    """The per-size traces run inside the evaluation: they count as no evaluated image for the
+    keep ratio, and sampled (Gumbel) decisions stay those of an evaluation without them."""
+    from prunebench.metrics import keep_ratio_recorder
+
+    model = tiny(**PRUNE, rate="dynamic", selector_inference="gumbel")
+    imgs = [model.data_preprocessor(synthetic_data(hw), False)["inputs"] for hw in ((64, 96), (96, 64))]
+
+    def masks(record: bool):
+        torch.manual_seed(0)
+        keep = keep_ratio_recorder(model.backbone)
+        out = []
+        with torch.no_grad(), FlopsRecorder(model, full=False) if record else contextlib.nullcontext():
+            for img in imgs:
+                model.backbone(img)
+                out.append([m.clone() for m in model.backbone.last_keep_masks])
+        return out, keep()
+
+    (plain, plain_keep), (recorded, recorded_keep) = masks(False), masks(True)
+    assert recorded_keep["images"] == 2 and recorded_keep == plain_keep
+    assert all(torch.equal(a, b) for pa, pb in zip(plain, recorded) for a, b in zip(pa, pb))

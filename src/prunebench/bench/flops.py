@@ -246,8 +246,14 @@ class FlopsRecorder:
         )
 
     def _trace(self, img: torch.Tensor) -> dict:
-        """Token-independent GFLOPs of the backbone (and detector) at ``img``'s padded size."""
+        """Token-independent GFLOPs of the backbone (and detector) at ``img``'s padded size. The
+        random state is restored after (sampled decisions of the evaluation stay as without it)."""
         self._tracing = True
+        devices = [img.device] if img.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._traced(img)
+
+    def _traced(self, img: torch.Tensor) -> dict:
         try:
             out = {}
             self._reset()
