@@ -126,3 +126,14 @@ def test_traces_leave_the_evaluation_as_it_was():
     (plain, plain_keep), (recorded, recorded_keep) = masks(False), masks(True)
     assert recorded_keep["images"] == 2 and recorded_keep == plain_keep
     assert all(torch.equal(a, b) for pa, pb in zip(plain, recorded) for a, b in zip(pa, pb))
+
+
+def test_a_backbone_without_vit_blocks_is_traced_whole():
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Conv2d(3, 8, 3, padding=1)
+    with torch.no_grad(), FlopsRecorder(model, full=False) as rec:
+        for _ in range(2):
+            model.backbone(torch.zeros(1, 3, 32, 64))
+    out = rec.summary("timed")
+    assert out["backbone"] == pytest.approx(32 * 64 * 8 * 3 * 9 / 1e9) and out["images"] == 2
+    assert rec.images[0]["tokens"] == [] and out["vit_blocks"] == 0.0

@@ -116,7 +116,7 @@ class _Half(nn.Module):
 class BlockCost:
     """GFLOPs of a ViT block's attention and MLP halves at ``n`` tokens of one image: quadratics
     in ``n`` (linear layers and norms grow with ``n``, attention with ``n**2``), fitted exactly
-    from traces of ``blk``'s halves at three token counts."""
+    from traces of ``blk``'s halves at three token counts (NaN where a trace failed)."""
 
     SAMPLES = (4, 8, 12)
 
@@ -130,7 +130,7 @@ class BlockCost:
                 traced_gflops(half, torch.zeros(1, n, dim, device=p.device, dtype=p.dtype))
                 for n in self.SAMPLES
             ]
-            self.coef.append(_quadratic(self.SAMPLES, ys))
+            self.coef.append((math.nan,) * 3 if None in ys else _quadratic(self.SAMPLES, ys))
 
     def __call__(self, part: int, n: float) -> float:
         a, b, c = self.coef[part]
@@ -165,7 +165,8 @@ class FlopsRecorder:
 
     def __init__(self, model: nn.Module, full: bool = True):
         self.model, self.backbone = model, model.backbone
-        self.cost = BlockCost(self.backbone.blocks[0])
+        blocks = getattr(self.backbone, "blocks", None) or []  # none: the whole backbone is traced
+        self.cost = BlockCost(blocks[0]) if blocks else None
         self.images: list[dict] = []  # per image: size, tokens [[attn, mlp] per block], gflops
         self.fixed: dict[tuple[int, int], dict] = {}  # padded size -> token-independent GFLOPs
         self._calls: list[tuple[list, list]] = []
@@ -176,7 +177,7 @@ class FlopsRecorder:
             bb.register_forward_pre_hook(self._start),
             bb.register_forward_hook(self._finish),
         ]
-        for blk in bb.blocks:
+        for blk in blocks:
             self._calls.append(([], []))
             for part, norm in enumerate((blk.norm1, blk.norm2)):
                 self._handles.append(
@@ -234,8 +235,11 @@ class FlopsRecorder:
                 rec["blocks"] += attn[1] + mlp[1]
         fixed = self.fixed[size]
         for rec in per_image:
-            rec["backbone"] = None if fixed["backbone"] is None else fixed["backbone"] + rec["blocks"]
-            rec["full"] = None if fixed.get("full") is None else fixed["full"] + rec["blocks"]
+            if not math.isfinite(rec["blocks"]):  # a block's trace failed (logged): no count
+                rec["blocks"] = None
+            for part in ("backbone", "full"):
+                known = None not in (fixed.get(part), rec["blocks"])
+                rec[part] = fixed[part] + rec["blocks"] if known else None
         self.images.extend(per_image)
 
     # ------------------------------------------------------------------ traces
