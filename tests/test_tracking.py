@@ -442,3 +442,28 @@ def test_tiny_sweep_with_all_three_trackers(tmp_path, mlflow_server, monkeypatch
         ],
     )
     assert "0 finished runs sent, 2 already there" in again.output
+
+
+def test_mlflow_experiment_created_once_by_jobs_starting_together(mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from prunebench.tracking.push import mlflow_experiment, prepare_trackers
+
+    cfg = {
+        "visualizer": {
+            "vis_backends": [{"type": "MLflowVisBackend", "tracking_uri": mlflow_server, "exp_name": "race"}]
+        }
+    }
+    prepare_trackers(cfg)
+    client = MlflowClient(mlflow_server)
+    first = client.get_experiment_by_name("race").experiment_id
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def late(self, name):  # the first look misses an experiment another job has just created
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", late)
+    assert mlflow_experiment(client, {"tracking_uri": mlflow_server, "experiment": "race"}) == first
+    assert len(calls) == 2

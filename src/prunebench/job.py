@@ -34,7 +34,7 @@ from .results import (
 )
 from .spec import RunSpec
 from .tracking.backends import detach_trackers
-from .tracking.push import track_final
+from .tracking.push import prepare_trackers, track_final
 
 
 def _world_size() -> int:
@@ -145,6 +145,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     from .bench import FlopsRecorder, measure_run
 
     cfg = load_run_config(run_dir, spec, launcher)
+    prepare_trackers(cfg)
     runner = Runner.from_cfg(cfg)
     if is_writer():
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")

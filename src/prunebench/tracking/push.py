@@ -31,17 +31,25 @@ def _tensorboard(dest: dict, metrics: dict) -> None:
         writer.close()
 
 
+def mlflow_experiment(client, dest: dict) -> str:
+    """The id of ``dest``'s experiment, created when missing (by another job at the same time too)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(dest["experiment"])
+    if exp is None:
+        try:
+            return client.create_experiment(dest["experiment"], artifact_location(dest["tracking_uri"]))
+        except MlflowException:  # created meanwhile by a job beside this one
+            exp = client.get_experiment_by_name(dest["experiment"])
+    return exp.experiment_id
+
+
 def _mlflow(dest: dict, metrics: dict) -> None:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(dest["tracking_uri"])
-    exp = client.get_experiment_by_name(dest["experiment"])
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(dest["experiment"], artifact_location(dest["tracking_uri"]))
-    )
+    exp_id = mlflow_experiment(client, dest)
     run_id, params, final = metrics["run_id"], run_params(metrics), final_metrics(metrics)
     found = client.search_runs([exp_id], filter_string=f"tags.{RUN_TAG} = '{run_id}'", max_results=1)
     if found and any(k in found[0].data.metrics for k in final):
@@ -89,6 +97,16 @@ def push_run(run_dir: Path, metrics: dict, dest: dict[str, dict]) -> dict[str, s
         atomic_write_json(Path(run_dir) / TRACKING_FILE, done)
         out[tracker] = "sent"
     return out
+
+
+def prepare_trackers(cfg) -> None:
+    """Before a job trains: its MLflow experiment exists, so that MMEngine's backends of jobs
+    starting together do not race to create it."""
+    dest = config_destinations(cfg).get("mlflow")
+    if dest:
+        from mlflow.tracking import MlflowClient
+
+        mlflow_experiment(MlflowClient(dest["tracking_uri"]), dest)
 
 
 def track_final(run_dir: Path, cfg, metrics: dict) -> None:
