@@ -107,3 +107,11 @@ def test_exports_carry_flop_ratio_spread_and_image_count(contradicting):
     assert "flop_ratio_full" in csv.splitlines()[0] and "flops_full_p90" in csv.splitlines()[0]
     for fmt in ("latex", "markdown"):
         assert "means per image over each run's val images (50 images" in render(report, fmt)
+
+
+def test_runs_counted_on_their_first_image_are_named(tmp_path, make_run):
+    make_run(tmp_path / "old", "dense-s0", None, box=30.0, mask=29.0, full=50.0, bb=20.0)  # flops_g of old
+    report = build_report(tmp_path / "old")
+    assert report.rows[0]["flops_images"] is None and report.rows[0]["flops_backbone"] == 10.0
+    (note,) = [n for n in report.notes() if n.startswith("GFLOPs")]
+    assert note == "GFLOPs: 1 row from an earlier prunebench count the first timed image only."
