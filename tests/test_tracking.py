@@ -428,6 +428,19 @@ def test_tiny_sweep_with_all_three_trackers(tmp_path, mlflow_server, monkeypatch
             m["box_ap"]
         )
         assert read_json(sweep / run_id / "tracking.json").keys() == {"tensorboard", "mlflow", "wandb"}
+    print(  # what MLflow's client read back (shown with pytest -s)
+        json.dumps(
+            {
+                "experiment": "tiny-study",
+                "runs": {
+                    name: {"params": r.data.params, "metrics": r.data.metrics, "tags": sorted(r.data.tags)}
+                    for name, r in runs.items()
+                },
+            },
+            indent=1,
+            sort_keys=True,
+        )
+    )
     again = CliRunner().invoke(
         app,
         [
