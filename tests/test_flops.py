@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from prunebench.bench import FlopsRecorder, build_detector, synthetic_data, traced_gflops
-from prunebench.bench.flops import BlockCost, TensorForward, flops_summary
+from prunebench.bench.flops import BlockCost, flops_summary
+from prunebench.bench.trace import TensorForward
 from prunebench.configs import TEMPLATE_DIR
 
 CPU_CFG = str(TEMPLATE_DIR / "mask_rcnn_vit_cpu.py")  # embed_dim 96, depth 4, 3 heads

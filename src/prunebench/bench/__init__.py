@@ -8,7 +8,8 @@ full detector), so a change in machine load hits all of them alike.
 
 - ``timing``: each call timed alone, warm-up and interleaved rounds, robust statistics, autocast;
 - ``inputs``: the detector of a config and the batches to time (random, dataset, image files);
-- ``flops``: FLOPs per image over an image set (``FlopsRecorder``: hooks while a detector runs);
+- ``trace``: FLOPs of one traced forward; ``flops``: FLOPs per image over an image set
+  (``FlopsRecorder``: hooks while a detector runs);
 - ``probe``: one detector's latency, FLOPs and keep ratio; ``measure_models`` side by side;
 - ``paired``: ``measure_run`` (a trained run, beside its dense parent) for the job, and
   ``run_bench``, what ``prunebench bench`` calls.
@@ -16,11 +17,12 @@ full detector), so a change in machine load hits all of them alike.
 
 from __future__ import annotations
 
-from .flops import FlopsRecorder, traced_gflops
+from .flops import FlopsRecorder
 from .inputs import IMAGE_SUFFIXES, build_detector, dataset_batches, file_batches, synthetic_data
 from .paired import measure_run, run_bench
 from .probe import measure_models
 from .timing import DTYPES, autocast, latency_stats, time_calls
+from .trace import traced_gflops
 
 __all__ = [
     "DTYPES",
