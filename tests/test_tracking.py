@@ -480,3 +480,19 @@ def test_mlflow_experiment_created_once_by_jobs_starting_together(mlflow_server,
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", late)
     assert mlflow_experiment(client, {"tracking_uri": mlflow_server, "experiment": "race"}) == first
     assert len(calls) == 2
+
+
+def test_a_tracker_down_at_the_end_of_a_job_does_not_fail_it(tmp_path, make_run, monkeypatch):
+    from prunebench.results import read_json
+    from prunebench.tracking.push import track_final
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    run_dir, m = _finished(make_run, tmp_path / "s", "ft-s0")
+    spec = RunSpec("ft-s0", "s", "finetune", "deit-small", 0, dict(SEL), backbone_args={})
+    cfg = {"visualizer": {"vis_backends": []}}
+    add_vis_backends(
+        cfg, {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}, "tensorboard": {}}, spec, run_dir
+    )
+    track_final(run_dir, cfg, m)  # MLflow unreachable: logged, and TensorBoard still gets the results
+    assert list(read_json(run_dir / "tracking.json")) == ["tensorboard"]

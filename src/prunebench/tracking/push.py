@@ -114,18 +114,16 @@ def track_final(run_dir: Path, cfg, metrics: dict) -> None:
     fails is logged, not fatal (``prunebench report --to`` can push later)."""
     from mmengine.logging import print_log
 
-    dest = config_destinations(cfg)
-    if not dest:
-        return
-    try:
-        push_run(run_dir, metrics, dest)
-    except Exception as e:  # a tracker server down must not fail a finished run
-        print_log(
-            f"tracking: final results not sent ({type(e).__name__}: {e}); "
-            f"send them later with `prunebench report {Path(run_dir).parent} --to ...`",
-            logger="current",
-            level=logging.WARNING,
-        )
+    for tracker, where in config_destinations(cfg).items():
+        try:
+            push_run(run_dir, metrics, {tracker: where})
+        except Exception as e:  # a tracker server down must not fail a finished run
+            print_log(
+                f"tracking: final results not sent to {tracker} ({type(e).__name__}: {e}); send them "
+                f"later with `prunebench report {Path(run_dir).parent} --to {tracker}`",
+                logger="current",
+                level=logging.WARNING,
+            )
 
 
 def push_results(root: Path, tracker: str, settings: dict | None = None) -> dict[str, int]:
