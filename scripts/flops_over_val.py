@@ -22,28 +22,19 @@ from rich.table import Table
 def recount(run_dir: Path) -> dict:
     """``flops_g`` of a finished run over its val images (a COCO test of its last checkpoint)."""
     from mmdet.registry import MODELS
-    from mmengine.runner import Runner, load_checkpoint
+    from mmengine.runner import load_checkpoint
 
     import prunebench.models  # noqa: F401  (registers the models, allows MMEngine checkpoints)
     from prunebench.bench import FlopsRecorder
     from prunebench.configs import load_config
+    from prunebench.evaluate.run import tester
     from prunebench.results import CONFIG_FILE, METRICS_FILE, read_json
 
     cfg = load_config(run_dir / CONFIG_FILE)
     model = MODELS.build(cfg.model)
     load_checkpoint(model, read_json(run_dir / METRICS_FILE)["checkpoint"], map_location="cpu")
     with tempfile.TemporaryDirectory() as work_dir:
-        runner = Runner(
-            model=model,
-            work_dir=work_dir,
-            test_dataloader=cfg.test_dataloader,
-            test_evaluator=cfg.test_evaluator,
-            test_cfg=cfg.test_cfg,
-            env_cfg=cfg.env_cfg,
-            default_scope=cfg.default_scope,
-            log_level="WARNING",
-            cfg=cfg,
-        )
+        runner = tester(cfg, model, work_dir)
         with FlopsRecorder(runner.model) as rec:
             runner.test()
     return rec.summary("val")

@@ -183,18 +183,13 @@ def _run(cfg, model, spec, about: dict, run_dir: Path) -> dict:
     return metrics
 
 
-def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
-    import torch
+def tester(cfg, model, work_dir: str):
+    """An MMEngine Runner that only tests ``model`` with ``cfg``'s test loader and metric."""
     from mmengine.runner import Runner
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..bench import FlopsRecorder, measure_run
-    from ..metrics import coco_metrics, keep_ratio_recorder, run_env
-
-    runner = Runner(
+    return Runner(
         model=model,
-        work_dir=cfg.work_dir,
+        work_dir=work_dir,
         test_dataloader=cfg.test_dataloader,
         test_evaluator=cfg.test_evaluator,
         test_cfg=cfg.test_cfg,
@@ -204,6 +199,17 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         log_level="WARNING",
         cfg=cfg,
     )
+
+
+def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..bench import FlopsRecorder, measure_run
+    from ..metrics import coco_metrics, keep_ratio_recorder, run_env
+
+    runner = tester(cfg, model, cfg.work_dir)
     model = runner.model
     keep = keep_ratio_recorder(model.backbone)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
