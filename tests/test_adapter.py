@@ -269,7 +269,7 @@ class _AttnOnQuery(nn.Module):
 def test_flop_count_includes_the_deformable_attention_core():
     """MMEngine's FlopAnalyzer with prunebench's handles counts a DeformableAttention as its four
     projections plus the core: a bilinear sample (4) and its weighting (1) per point and channel."""
-    from prunebench.bench.probe import _gflops
+    from prunebench.bench import traced_gflops
 
     C, M, L, P = 32, 4, 3, 2
     geo = Geometry.of(2, 4, torch.device("cpu"))
@@ -277,4 +277,4 @@ def test_flop_count_includes_the_deformable_attention_core():
     module = _AttnOnQuery(DeformableAttention(C, L, M, P), geo, torch.randn(1, S, C)).eval()
     projections = S * C * C + Q * C * (M * L * P * 2) + Q * C * (M * L * P) + Q * C * C
     core = 5 * Q * M * L * P * (C // M)
-    assert _gflops(module, torch.randn(1, Q, C)) * 1e9 == pytest.approx(projections + core, rel=1e-9)
+    assert traced_gflops(module, torch.randn(1, Q, C)) * 1e9 == pytest.approx(projections + core, rel=1e-9)

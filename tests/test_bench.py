@@ -17,9 +17,8 @@ from prunebench.bench import (
     run_bench,
     synthetic_data,
     time_calls,
-    vit_block_gflops,
+    traced_gflops,
 )
-from prunebench.bench.probe import _gflops
 from prunebench.cli import app
 from prunebench.configs import TEMPLATE_DIR, load_config
 from prunebench.data import make_synthetic_coco
@@ -30,6 +29,15 @@ PRUNE = dict(prune_layers=[1, 2, 3], keep_ratios=[0.7, 0.5, 0.3])
 HW = (64, 96)
 N = 24
 RANDOM = {"kind": "random", "input_size": list(HW)}
+
+
+def vit_block_gflops(tokens_per_block, dim, mlp_ratio=4.0):
+    """Analytic GFLOPs of ViT blocks: ``n*D^2*(4 + 2*mlp_ratio)`` for qkv/proj/MLP, ``2*n^2*D`` for
+    attention and ``10*n*D`` for the two LayerNorms (5 per element, as MMEngine counts them)."""
+    return (
+        sum(n * dim * dim * (4 + 2 * mlp_ratio) + 2 * n * n * dim + 10 * n * dim for n in tokens_per_block)
+        / 1e9
+    )
 
 
 def tiny(**kw):
@@ -76,6 +84,7 @@ def test_measure_models_pruned_and_dense():
         assert 0 < pruned["flops_g"][key] < dense["flops_g"][key], key
     assert dense["flops_g"]["vit_blocks"] == pytest.approx(vit_block_gflops([N] * 4, 96))
     assert pruned["flops_g"]["vit_blocks"] == pytest.approx(vit_block_gflops([N, 17, 12, 7], 96))
+    assert (pruned["flops_g"]["images"], pruned["flops_g"]["source"]) == (1, "timed")
     json.dumps(res)  # plain JSON types only
 
 
@@ -105,7 +114,7 @@ def test_flops_count_attention():
     tokens = torch.randn(1, 256, 96)
     analytic = vit_block_gflops([256], 96)
     assert 0.3 * analytic < 2 * 256 * 256 * 96 / 1e9  # attention is a large share here
-    assert _gflops(blk, tokens) == pytest.approx(analytic, rel=0.02)
+    assert traced_gflops(blk, tokens) == pytest.approx(analytic, rel=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +182,7 @@ def test_measure_run_val_images_paired_with_dense(synth, tmp_path):
     for part in ("backbone", "full"):
         assert paired["dense_latency_ms"][part] > 0
         assert paired["speedup"][part] == pytest.approx(paired["dense_latency_ms"][part] / lat[part])
-    assert out["flops_g"]["backbone"] > 0
+    assert "flops_g" not in out  # counted over all val images during the COCO test instead
     json.dumps(out)
 
 
@@ -207,6 +216,7 @@ def test_run_bench_tiny(tmp_path):
     assert res["flop_ratio"]["vit_blocks"] > 1 and res["flop_ratio"]["backbone"] > 1
     text = buf.getvalue()
     assert "dense / pruned" in text and "backbone ms, p90" in text and "full detector GFLOPs" in text
+    assert "GFLOPs per image, mean over 1 image" in " ".join(text.split())
 
 
 def test_run_bench_adapter_counts_its_deformable_attention():
@@ -229,7 +239,9 @@ def test_run_bench_adapter_counts_its_deformable_attention():
     assert res["family"] == "adapter" and res["pruned"]["latency_ms"]["keep_ratio"]["mean"] < 1.0
     d, p = res["dense"]["flops_g"], res["pruned"]["flops_g"]
     adapter = d["backbone"] - d["vit_blocks"]  # spatial prior, injectors, extractors, output convs
-    selectors = 3 * N * (96 * 24 + 24 * 2) / 1e9  # three MLP selectors on all N tokens
+    selectors = (
+        3 * N * (5 * 96 + 96 * 24 + 24 * 2) / 1e9
+    )  # three MLP selectors (LayerNorm, 2 Linear) on all N tokens
     assert adapter > 0 and p["backbone"] - p["vit_blocks"] == pytest.approx(adapter + selectors, rel=1e-6)
     assert 1 < res["flop_ratio"]["backbone"] < res["flop_ratio"]["vit_blocks"]
 
@@ -313,6 +325,7 @@ def test_cli_bench_images(synth, tmp_path):
     assert res["sparse_mode"] == "padded" and res["pruned"]["latency_ms"]["dtype"] == "bf16"
     # the default template's test pipeline scales 96x96 images to 800x800: 50x50 tokens
     assert res["pruned"]["latency_ms"]["tokens"] == 2500
+    assert res["pruned"]["flops_g"]["images"] == 1 and res["pruned"]["flops_g"]["full"] is None
 
 
 def test_cli_bench_images_errors(tmp_path):

@@ -65,7 +65,7 @@ def test_two_point_sweep_writes_complete_metrics(tmp_path, family):
     pruned = next(r for r in states if r.startswith("preserve"))
     m = read_json(sweep_dir / pruned / "metrics.json")
     assert len(m["keep_ratio"]["per_layer"]) == 1 and 0 < m["keep_ratio"]["mean"] < 1
-    assert m["keep_ratio"]["images"] == 4
+    assert m["keep_ratio"]["images"] == 4 and m["flops_g"]["images"] == 4  # the traces count no image
     log = (sweep_dir / pruned / "train.log").read_text()
     assert "Load checkpoint from" in log  # the finetune started from the dense weights
     # a second sweep does nothing: finished runs are skipped, metrics untouched

@@ -185,6 +185,7 @@ def test_eval_writes_a_run_that_report_and_status_show(fixed_eval, converted, gr
     assert 0 <= metrics["box_ap"] <= 100 and 0 <= metrics["mask_ap"] <= 100
     assert metrics["keep_ratio"]["images"] == 3 and len(metrics["keep_ratio"]["per_layer"]) == 3
     assert metrics["latency_ms"]["full"] > 0 and metrics["flops_g"]["backbone"] > 0
+    assert (metrics["flops_g"]["images"], metrics["flops_g"]["source"]) == (3, "val")  # every val image
     assert metrics["eval"]["images"] == 3 and metrics["eval"]["as_released"] is True
     assert read_json(run_dir / "status.json")["state"] == "done"
     assert read_json(run_dir / "run.json")["backbone_args"]["rate"] == "fixed"

@@ -268,7 +268,7 @@ def test_flop_analysis_counts_the_reduced_blocks_and_atcs_clustering():
     pytest.importorskip("mmengine.analysis")
     from mmengine.analysis import FlopAnalyzer
 
-    from prunebench.bench.probe import OP_HANDLES
+    from prunebench.bench.trace import OP_HANDLES
     from prunebench.models.methods.clustering import clustering_flops
 
     x = image(1)

@@ -133,7 +133,10 @@ def test_table_values(sweep):
     narrow = io.StringIO()
     run_report(sweep, console=Console(file=narrow, width=130, force_terminal=True, color_system=None))
     table = narrow.getvalue().split("Per-axis")[0]
-    assert "hidden to fit the terminal: GFLOPs full" in table and "…" not in table  # no number cut short
+    assert (
+        "hidden to fit the terminal: FLOP ratio bb, FLOP ratio full, GFLOPs full" in table
+        and "…" not in table
+    )  # no number cut short
     assert max(map(len, table.splitlines())) <= 130 and "-2.0" in table
 
 

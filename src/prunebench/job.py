@@ -35,6 +35,8 @@ from .results import (
     writer_lock,
 )
 from .spec import RunSpec
+from .tracking.backends import detach_trackers
+from .tracking.push import prepare_trackers, track_final
 
 
 def _world_size() -> int:
@@ -220,9 +222,10 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
 
     import prunebench.models  # noqa: F401  (registers the models, allows MMEngine checkpoints)
 
-    from .bench import measure_run
+    from .bench import FlopsRecorder, measure_run
 
     cfg = load_run_config(run_dir, spec, launcher)
+    prepare_trackers(cfg)
     runner = Runner.from_cfg(cfg)
     if is_writer():
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")
@@ -230,11 +233,13 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
     if spec.trains:  # else evaluated as loaded: a checkpoint parent, an off-the-shelf cell
         runner.train()
     train_time = time.time() - t0
+    detach_trackers(runner.visualizer)  # closed after training; the test loop would reopen them
     if is_writer():
         write_status(run_dir, "running", phase="test")
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     keep = keep_ratio_recorder(model.backbone)
-    raw = runner.test()
+    with FlopsRecorder(model) as flops:  # per val image: tokens per block, GFLOPs
+        raw = runner.test()
     keep_stats = keep()
     bench_cfg = spec.bench
     if is_writer():
@@ -247,7 +252,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         run_dir,
         spec.depends_on[0] if spec.depends_on else None,
     )
-    return {
+    metrics = {
         "run_id": spec.run_id,
         "sweep": spec.sweep,
         "stage": spec.stage,
@@ -259,7 +264,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         **coco_metrics(raw),
         "latency_ms": bench["latency_ms"],
         "paired": bench["paired"],
-        "flops_g": bench["flops_g"],
+        "flops_g": flops.summary("val"),
         "keep_ratio": keep_stats,
         "train_time_s": round(train_time, 1),
         "checkpoint": (  # relative to the run folder; a parent given as a file: that file
@@ -268,6 +273,9 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
         "trained": spec.trains,
         "env": run_env(),
     }
+    if is_writer():
+        track_final(run_dir, cfg, metrics)  # the grid's trackers get the final results
+    return metrics
 
 
 def _last_checkpoint(work_dir: str) -> str:

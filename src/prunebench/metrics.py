@@ -44,13 +44,16 @@ def run_env() -> dict:
 
 
 def keep_ratio_recorder(backbone):
-    """Forward hook summing each pruning layer's keep ratio over the evaluation images."""
+    """Forward hook summing each pruning layer's keep ratio over the evaluation images (a traced
+    forward, as the FLOP count runs, is not an evaluated image)."""
+    import torch
+
     sums: list[float] = []
     count = [0]
 
     def hook(module, args, output):
         masks = getattr(module, "last_keep_masks", None) or []
-        if not masks:
+        if not masks or torch.jit.is_tracing():
             return
         if not sums:
             sums.extend([0.0] * len(masks))

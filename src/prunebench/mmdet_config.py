@@ -20,6 +20,7 @@ from .configs import base_path
 from .configs.detectors import LEVELS, PRUNED_DETECTOR_ARGS, DetectorError, adapt_detector, set_num_classes
 from .grid import Grid
 from .spec import RunSpec
+from .tracking.backends import add_vis_backends
 
 GPUS_KEY = "train_gpus"  # top-level config key: the GPUs (training processes) the file is written for
 AMP_INIT_SCALE = 512  # the official fp16 setting: dynamic loss scaling from 512
@@ -162,6 +163,7 @@ def build_config(
     cfg["work_dir"] = str(run_dir / "work_dir")
     for key, value in spec.overrides.items():
         set_dotted(cfg, key, value)
+    add_vis_backends(cfg, grid.tracking, spec, run_dir)  # the grid's `tracking:` trackers
     total = cfg["train_dataloader"]["batch_size"]
     try:
         cfg["train_dataloader"]["batch_size"] = per_gpu_batch(total, gpus)

@@ -8,6 +8,8 @@ full detector), so a change in machine load hits all of them alike.
 
 - ``timing``: each call timed alone, warm-up and interleaved rounds, robust statistics, autocast;
 - ``inputs``: the detector of a config and the batches to time (random, dataset, image files);
+- ``trace``: FLOPs of one traced forward; ``flops``: FLOPs per image over an image set
+  (``FlopsRecorder``: hooks while a detector runs);
 - ``probe``: one detector's latency, FLOPs and keep ratio; ``measure_models`` side by side;
 - ``paired``: ``measure_run`` (a trained run, beside its dense parent) for the job, and
   ``run_bench``, what ``prunebench bench`` calls.
@@ -15,13 +17,16 @@ full detector), so a change in machine load hits all of them alike.
 
 from __future__ import annotations
 
+from .flops import FlopsRecorder
 from .inputs import IMAGE_SUFFIXES, build_detector, dataset_batches, file_batches, synthetic_data
 from .paired import measure_run, run_bench
-from .probe import measure_models, vit_block_gflops
+from .probe import measure_models
 from .timing import DTYPES, autocast, latency_stats, time_calls
+from .trace import traced_gflops
 
 __all__ = [
     "DTYPES",
+    "FlopsRecorder",
     "IMAGE_SUFFIXES",
     "autocast",
     "build_detector",
@@ -33,5 +38,5 @@ __all__ = [
     "run_bench",
     "synthetic_data",
     "time_calls",
-    "vit_block_gflops",
+    "traced_gflops",
 ]

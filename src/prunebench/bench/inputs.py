@@ -35,12 +35,12 @@ def build_detector(
     return MODELS.build(cfg.model)
 
 
-def synthetic_data(input_hw: tuple[int, int], batch: int = 1) -> dict:
-    """A ``test_step`` batch of random uint8 images with their metainfo."""
+def synthetic_data(input_hw: tuple[int, int], batch: int = 1, seed: int = 0) -> dict:
+    """A ``test_step`` batch of random uint8 images (drawn from ``seed``) with their metainfo."""
     from mmdet.structures import DetDataSample
 
     H, W = input_hw
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     inputs = [torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen) for _ in range(batch)]
     samples = [
         DetDataSample(

@@ -58,8 +58,9 @@ def measure_run(
     Timed on the first ``bench["images"]`` (default 20) samples of ``dataset`` (the run's test
     dataset, so its test pipeline), batch 1, with ``bench``'s ``warmup``, ``repeats`` and
     ``dtype``. ``dense_run`` (a finetune's dense parent, a folder beside ``run_dir``) is timed
-    alongside from its checkpoint, giving ``paired``. Returns ``{"latency_ms", "flops_g",
-    "paired"}`` (``paired`` None for a dense run or a dense parent without checkpoint).
+    alongside from its checkpoint, giving ``paired``. Returns ``{"latency_ms", "paired"}``
+    (``paired`` None for a dense run or a dense parent without checkpoint); FLOPs are counted
+    over all val images during the COCO test instead (:class:`~prunebench.bench.FlopsRecorder`).
     """
     device = next(model.parameters()).device
     batches = dataset_batches(dataset, int(bench.get("images", 20)))
@@ -77,9 +78,9 @@ def measure_run(
         dtype=bench.get("dtype", "fp32"),
         warmup=int(bench.get("warmup", 2)),
         repeats=repeats,
-        flops=["run"],
+        flops=[],
     )
-    out = {**res["run"], "paired": None}
+    out = {"latency_ms": res["run"]["latency_ms"], "paired": None}
     if dense is not None:
         d, r = res["dense"]["latency_ms"], res["run"]["latency_ms"]
         out["paired"] = {
@@ -174,11 +175,11 @@ def run_bench(
     }
 
     what = f"{source['count']} images" if images else f"{input_size[0]}x{input_size[1]}"
-    n = d["latency_ms"]["backbone_stats"]["n"]
+    n, counted = d["latency_ms"]["backbone_stats"]["n"], d["flops_g"]["images"]
     table = Table(
         title=f"{arch} {family} {what} batch {batch} {dtype} on {d['latency_ms']['device']} "
         f"({d['latency_ms']['threads']} threads): dense vs pruned ({rate} rate), "
-        f"{n} timed calls each"
+        f"{n} timed calls each; GFLOPs per image, mean over {counted} image{'s' * (counted != 1)}"
     )
     for col in ("", "dense", "pruned", "dense / pruned"):
         table.add_column(col, justify="right" if col else "left")

@@ -3,19 +3,15 @@
 ``model.backbone(img)`` on the preprocessed image; "full" times ``model.test_step``
 (preprocessing, backbone, neck, RPN, RoI heads, post-processing). fp16/bf16 run the backbone and
 the neck under ``torch.autocast``; the RPN and RoI heads get the features back in fp32, because
-MMCV's NMS and RoIAlign have no bf16 kernels (nor fp16 ones on CPU). FLOPs come from MMEngine's
-complexity analysis on the first timed input (jit trace of the eval path, so pruned blocks count
-only their gathered tokens; one multiply-add counts as one FLOP, as in fvcore, plus handles for
-what MMEngine does not count: ``scaled_dot_product_attention``, the adapter's deformable
-attention and ATC's clustering, ``OP_HANDLES``); ``vit_blocks`` is the analytic count of the ViT
-blocks, averaged over all timed images.
+MMCV's NMS and RoIAlign have no bf16 kernels (nor fp16 ones on CPU). FLOPs: one untimed fp32 pass
+over all timed images under :class:`~prunebench.bench.flops.FlopsRecorder` (per image, at its own
+size and kept-token counts; mean, p10, p90 over the images).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import math
 import statistics
 from collections.abc import Callable, Hashable, Sequence
@@ -25,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .flops import FlopsRecorder
 from .timing import DTYPES, autocast, latency_stats, time_calls
 
 
@@ -48,93 +45,6 @@ def _autocast_features(model: nn.Module, device: torch.device, dtype: str):
         del model.extract_feat
 
 
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def _sdpa_flop(inputs, outputs) -> int:
-    from mmengine.analysis.jit_handles import get_shape
-
-    q, k = get_shape(inputs[0]), get_shape(inputs[1])
-    batch = 1
-    for d in q[:-2]:
-        batch *= d
-    return 2 * batch * q[-2] * k[-2] * q[-1]  # q @ k^T and attn @ v
-
-
-def _gather_flop(inputs, outputs) -> int:
-    """``aten::embedding_bag``, which only prunebench's deformable attention (its CPU form) uses:
-    4 corner rows per sampling point."""
-    from mmengine.analysis.jit_handles import get_shape
-
-    from ..models.ms_deform_attn import deform_attn_flops
-
-    rows, head_dim = get_shape(inputs[1]), get_shape(inputs[0])[-1]
-    return deform_attn_flops(math.prod(rows) // 4, head_dim)
-
-
-def _mmcv_deform_attn_flop(inputs, outputs) -> int:
-    """MMCV's CUDA ``MultiScaleDeformableAttnFunction`` (value, shapes, starts, locations, weights)."""
-    from mmengine.analysis.jit_handles import get_shape
-
-    from ..models.ms_deform_attn import deform_attn_flops
-
-    return deform_attn_flops(math.prod(get_shape(inputs[4])), get_shape(inputs[0])[-1])
-
-
-def _clustering_flop(inputs, outputs) -> int:
-    """ATC's agglomerative clustering (SciPy, invisible to the trace) of (B, T, T) distances."""
-    from mmengine.analysis.jit_handles import get_shape
-
-    from ..models.methods.clustering import clustering_flops
-
-    B, T, _ = get_shape(inputs[0])
-    return clustering_flops(B, T)
-
-
-#: FLOP handles of the ops MMEngine's FlopAnalyzer does not count (one multiply-add = one FLOP).
-OP_HANDLES = {
-    "prim::PythonOp.AgglomerativeClustering": _clustering_flop,
-    "aten::scaled_dot_product_attention": _sdpa_flop,
-    "aten::embedding_bag": _gather_flop,
-    "prim::PythonOp.MultiScaleDeformableAttnFunction": _mmcv_deform_attn_flop,
-}
-
-
-class _TensorForward(nn.Module):
-    """Traceable whole-detector forward (``mode='tensor'``) with fixed data samples."""
-
-    def __init__(self, model: nn.Module, data_samples):
-        super().__init__()
-        self.model, self.data_samples = model, data_samples
-
-    def forward(self, img):
-        return self.model._forward(img, self.data_samples)
-
-
-def _gflops(module: nn.Module, img: torch.Tensor) -> Optional[float]:
-    from mmengine.analysis import FlopAnalyzer
-    from mmengine.logging import print_log
-
-    try:
-        with torch.no_grad():
-            analyzer = FlopAnalyzer(module, (img,))
-            analyzer.set_op_handle(**OP_HANDLES)
-            analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            analyzer.tracer_warnings("none")
-            return analyzer.total() / 1e9
-    except Exception as exc:  # tracing a detector can fail on unusual heads: report no FLOPs
-        print_log(
-            f"FLOP count of {type(module).__name__} failed: {exc!r}", logger="current", level=logging.WARNING
-        )
-        return None
-
-
-def vit_block_gflops(tokens_per_block: Sequence[float], dim: int, mlp_ratio: float = 4.0) -> float:
-    """Analytic GFLOPs (multiply-adds) of ViT blocks processing the given token counts:
-    ``n*D^2*(4 + 2*mlp_ratio)`` for qkv/proj/MLP plus ``2*n^2*D`` for attention."""
-    return sum(n * dim * dim * (4 + 2 * mlp_ratio) + 2 * n * n * dim for n in tokens_per_block) / 1e9
-
-
 # ----------------------------------------------------------------------------- timing detectors
 
 
@@ -146,7 +56,6 @@ class _Probe:
         with torch.no_grad():
             pre = [model.data_preprocessor(copy.deepcopy(b), False) for b in batches]
         self.imgs = [p["inputs"] for p in pre]
-        self.samples = [p["data_samples"] for p in pre]
         self.masks: list[list[torch.Tensor]] = [[] for _ in batches]  # keep masks per input
 
     def backbone(self, i: int) -> None:
@@ -158,24 +67,16 @@ class _Probe:
         with _autocast_features(self.model, self.device, self.dtype):
             self.model.test_step(self.batches[i])
 
-    def _keep(self) -> tuple[dict, float, float]:
-        """Keep ratio per layer over all timed images (each image weighs the same), the ViT blocks'
-        analytic GFLOPs per image and the mean patch-token count per image."""
+    def _keep(self) -> tuple[dict, float]:
+        """Keep ratio per layer over all timed images (each image weighs the same) and the mean
+        patch-token count per image."""
         bb = self.model.backbone
-        dim = bb.pos_embed.shape[-1]
-        mlp_ratio = bb.blocks[0].mlp.fc1.out_features / dim
-        per_image_keep, block_flops, tokens = [], [], []
+        per_image_keep, tokens = [], []
         for img, masks in zip(self.imgs, self.masks):
             H, W = img.shape[-2:]
             n = (math.ceil(H / 32) * 32 // bb.patch_size) * (math.ceil(W / 32) * 32 // bb.patch_size)
             for b in range(img.shape[0]):
-                counts, rows = float(n), []
-                for i in range(len(bb.blocks)):
-                    if i in bb.prune_layers:
-                        counts = float(masks[bb.prune_layers.index(i)][b].sum())
-                    rows.append(counts)
                 per_image_keep.append([float(m[b].float().mean()) for m in masks])
-                block_flops.append(vit_block_gflops(rows, dim, mlp_ratio))
                 tokens.append(n)
         per_layer = [statistics.fmean(col) for col in zip(*per_image_keep)] if self.masks[0] else []
         keep = {
@@ -183,19 +84,24 @@ class _Probe:
             "per_layer": per_layer,
             "images": len(per_image_keep),
         }
-        return keep, statistics.fmean(block_flops), statistics.fmean(tokens)
+        return keep, statistics.fmean(tokens)
+
+    def flops(self, full: bool) -> dict:
+        """``flops_g`` over the timed images: one untimed fp32 pass under a FlopsRecorder."""
+        with torch.no_grad(), FlopsRecorder(self.model, full=full) as rec:
+            for i, batch in enumerate(self.batches):
+                if full:
+                    self.model.test_step(batch)
+                else:
+                    self.model.backbone(self.imgs[i])
+        return rec.summary("timed")
 
     def result(
         self, ms: dict[str, Optional[list[float]]], source: dict, warmup: int, repeats: int, flops: bool
     ) -> dict:
-        keep, block_flops, tokens = self._keep()
+        keep, tokens = self._keep()
         stats = {part: latency_stats(v) if v else None for part, v in ms.items()}
         B = self.imgs[0].shape[0]
-        full_flops = bb_flops = None
-        if flops:
-            bb_flops = _gflops(self.model.backbone, self.imgs[0])
-            if stats.get("full"):
-                full_flops = _gflops(_TensorForward(self.model, self.samples[0]), self.imgs[0])
         dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {
             "latency_ms": {
@@ -213,11 +119,7 @@ class _Probe:
                 "repeats": repeats,
                 "keep_ratio": keep,
             },
-            "flops_g": {
-                "backbone": None if bb_flops is None else bb_flops / B,
-                "full": None if full_flops is None else full_flops / B,
-                "vit_blocks": block_flops,
-            },
+            "flops_g": self.flops(bool(stats.get("full"))) if flops else None,
         }
 
 
@@ -237,8 +139,9 @@ def measure_models(
     Returns per model ``{"latency_ms": {"backbone", "full" (medians), "backbone_stats",
     "full_stats" ({"median", "mid50_mean", "p90", "n"}), "device", "dtype", "threads",
     "source", "batch", "tokens", "warmup", "repeats", "keep_ratio": {"mean", "per_layer",
-    "images"}}, "flops_g": {"backbone", "full", "vit_blocks"}}``. ``full=False`` skips the whole
-    detector (``None``); FLOPs are traced for the models named in ``flops`` (default all).
+    "images"}}, "flops_g"}`` (:func:`~prunebench.bench.flops.flops_summary` over the timed images,
+    or None). ``full=False`` skips the whole detector (``None``); FLOPs are counted for the models
+    named in ``flops`` (default all).
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")

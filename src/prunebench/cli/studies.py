@@ -163,10 +163,31 @@ def report(
     plot: Optional[Path] = typer.Option(
         None,
         "--plot",
-        help="Also draw box/mask AP vs latency (marker: "
+        help="Also draw box/mask AP vs --x (marker: "
         "pruned tokens/reactivation, colour: rate/selector, dense line, Pareto "
         "front) to this .png, .pdf or .svg file.",
     ),
+    x: str = typer.Option(
+        "speedup",
+        "--x",
+        help="The plot's x-axis: speedup (the table's full speed-up, paired; dense at 1.0x), latency "
+        "(dense latency / speed-up, ms) or gflops (mean per val image).",
+    ),
+    to: Optional[str] = typer.Option(
+        None,
+        "--to",
+        help="Instead of a report, send the finished runs' results to a tracker: mlflow | wandb | "
+        "tensorboard (runs sent before are skipped).",
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="--to mlflow: the server or store (default: <results>/mlflow.db)."
+    ),
+    experiment: Optional[str] = typer.Option(
+        None,
+        "--experiment",
+        help="--to mlflow: the experiment; --to wandb: the project (default: the sweep).",
+    ),
+    online: bool = typer.Option(False, "--online", help="--to wandb: send now (default: offline files)."),
     paper: bool = typer.Option(
         False,
         "--paper",
@@ -186,7 +207,20 @@ def report(
     Per-axis effects with 95 % t-intervals; --paper adds the verdicts on the paper's findings.
     """
     from ..report import run_report
+    from ..tracking.section import push_settings
 
     raise typer.Exit(
-        run_report(results, fmt=fmt, out=out, plot=plot, where=where, sort=sort, paper=paper, margin=margin)
+        run_report(
+            results,
+            fmt=fmt,
+            out=out,
+            plot=plot,
+            where=where,
+            sort=sort,
+            paper=paper,
+            margin=margin,
+            x=x,
+            to=to,
+            tracking=push_settings(to, tracking_uri, experiment, online),
+        )
     )

@@ -183,18 +183,13 @@ def _run(cfg, model, spec, about: dict, run_dir: Path) -> dict:
     return metrics
 
 
-def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
-    import torch
+def tester(cfg, model, work_dir: str):
+    """An MMEngine Runner that only tests ``model`` with ``cfg``'s test loader and metric."""
     from mmengine.runner import Runner
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..bench import autocast, measure_run
-    from ..metrics import coco_metrics, keep_ratio_recorder, run_env
-
-    runner = Runner(
+    return Runner(
         model=model,
-        work_dir=cfg.work_dir,
+        work_dir=work_dir,
         test_dataloader=cfg.test_dataloader,
         test_evaluator=cfg.test_evaluator,
         test_cfg=cfg.test_cfg,
@@ -204,6 +199,17 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         log_level="WARNING",
         cfg=cfg,
     )
+
+
+def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..bench import FlopsRecorder, autocast, measure_run
+    from ..metrics import coco_metrics, keep_ratio_recorder, run_env
+
+    runner = tester(cfg, model, cfg.work_dir)
     model = runner.model
     keep = keep_ratio_recorder(model.backbone)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -217,8 +223,9 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         task = progress.add_task(f"COCO test of {images} val images", total=images)
         runner.register_hook(_progress_hook(progress, task), priority="VERY_LOW")
         torch.manual_seed(spec.seed)  # the Gumbel samples of selector_inference=gumbel
-        # the whole detector in the run's precision, as the official test's wrap_fp16_model
-        with autocast(next(model.parameters()).device, spec.bench["dtype"]):
+        # the whole detector in the run's precision, as the official test's wrap_fp16_model;
+        # per val image: tokens per block, GFLOPs
+        with autocast(next(model.parameters()).device, spec.bench["dtype"]), FlopsRecorder(model) as flops:
             raw = runner.test()
     test_time = time.time() - t0
     keep_stats = keep()
@@ -232,7 +239,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         **coco_metrics(raw),
         "latency_ms": timed["latency_ms"],
         "paired": None,
-        "flops_g": timed["flops_g"],
+        "flops_g": flops.summary("val"),
         "keep_ratio": keep_stats,
         "checkpoint": str(cfg.load_from),
         "eval": {"images": images, "test_time_s": round(test_time, 1)},
@@ -246,7 +253,8 @@ def _summary(m: dict, run_dir: Path, console) -> None:
     console.print(
         f"box AP {m['box_ap']:.1f}  mask AP {m['mask_ap']:.1f}  keep ratio {m['keep_ratio']['mean']:.3f}  "
         f"latency full {lat['full']:.1f} ms / backbone {lat['backbone']:.1f} ms ({lat['device']}, "
-        f"{lat['dtype']}, {lat['source']['count']} images)  GFLOPs full {full}"
+        f"{lat['dtype']}, {lat['source']['count']} images)  GFLOPs full {full} "
+        f"(mean over {flops['images']} val images)"
     )
     console.print(
         f"wrote {run_dir / METRICS_FILE} ({m['eval']['images']} val images in {m['eval']['test_time_s']} s)"

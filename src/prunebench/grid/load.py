@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..configs import TEMPLATES, base_path
+from ..tracking.section import check_tracking
 from .checks import check_name, check_warmup, read_text, safe_load
 from .methods import check_imports, check_method_depth
 from .parent import parent_per_seed, split_parent
@@ -116,4 +117,5 @@ def load_grid(path: str | Path) -> Grid:
         slurm,
         lines,
         imports,
+        tracking=check_tracking(c, raw.get("tracking")),
     )

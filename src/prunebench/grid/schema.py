@@ -30,6 +30,7 @@ SECTIONS = (
     "overrides",
     "slurm",
     "imports",
+    "tracking",
 )
 #: backbone keys of the pruning (and merging) only: the dense run ignores them
 PRUNING_KEYS = (
@@ -137,6 +138,7 @@ class Grid:
     slurm: dict
     lines: dict[str, int] = field(default_factory=dict, repr=False)
     imports: list[str] = field(default_factory=list)  # modules that register plug-in selectors
+    tracking: dict[str, dict] = field(default_factory=dict)  # tracker -> settings (prunebench.tracking)
 
     def error(self, key: str, problem: str, fix: str) -> GridError:
         """A GridError naming this grid's file and the line of ``key``."""

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .build import build_report
-from .plot import PLOT_SUFFIXES, plot_pareto
+from .plot import PLOT_SUFFIXES, X_AXES, plot_pareto
 from .render import FORMATS, render
 from .terminal import print_table
 
@@ -21,9 +21,14 @@ def run_report(
     paper: bool = False,
     margin: float = 0.5,
     console=None,
+    x: str = "speedup",
+    to: str | None = None,
+    tracking: dict | None = None,
 ) -> int:
     """Print or write the report (``paper``: with the verdicts on the paper's findings, ``margin``
-    AP for the equivalence finding); returns the exit code (2 on bad input)."""
+    AP for the equivalence finding; ``x``: the plot's x-axis); with ``to`` (a tracker, its
+    ``tracking`` settings as in a grid) push the finished runs there instead. Returns the exit
+    code (2 on bad input)."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -38,6 +43,11 @@ def run_report(
         err.print(
             f"[red]error:[/] --plot {escape(str(plot))}: the file name must end in {', '.join(PLOT_SUFFIXES)}"
         )
+        return 2
+    if to is not None:
+        return _push(root, to, tracking, console, err)
+    if x not in X_AXES:
+        err.print(f"[red]error:[/] --x {x!r}: choose one of {', '.join(X_AXES)}")
         return 2
     try:
         report = build_report(Path(root), where, sort, paper=paper, margin=margin)
@@ -73,6 +83,22 @@ def run_report(
     for line in report_lines(Path(root)):  # seeds per verdict of an --until-decided sweep
         console.print(escape(line), highlight=False, soft_wrap=True)
     if plot is not None:
-        n = plot_pareto(report, Path(plot))
+        n = plot_pareto(report, Path(plot), x)
         console.print(f"wrote {escape(str(plot))}: {n} points", highlight=False)
+    return 0
+
+
+def _push(root: Path, to: str, tracking: dict | None, console, err) -> int:
+    from rich.markup import escape
+
+    from ..tracking import TrackingError, push_results
+
+    try:
+        counts = push_results(Path(root), to, tracking)
+    except (FileNotFoundError, TrackingError) as e:
+        err.print(f"[red]error:[/] {escape(str(e))}")
+        return 2
+    console.print(
+        f"{to}: {counts['sent']} finished runs sent, {counts['already']} already there", highlight=False
+    )
     return 0

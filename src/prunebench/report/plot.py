@@ -1,7 +1,15 @@
-"""The figure a paper would print: box and mask AP against full-network latency, one marker shape
-per (pruned tokens, reactivation) setting, one colour per (rate, selector) setting (a run of a
-``method`` gets its method's own marker and colour), the dense model as a reference line, error
-bars over seeds, and the Pareto front."""
+"""The figure a paper would print: box and mask AP against the cost the report's table gives, one
+marker shape per (pruned tokens, reactivation) setting, one colour per (rate, selector) setting (a
+run of a ``method`` gets its method's own marker and colour), the dense model as a reference
+line, error bars over seeds, and the Pareto front.
+
+The x-axis (``X_AXES``) agrees with the table: ``speedup`` (default) is the full-network speed-up
+column, paired where the finetune was timed beside its dense parent (dense at 1.0x); ``latency``
+is the dense reference's full latency divided by that speed-up (so the ratios are the paired
+ones, on a ms scale; dense at its own latency); ``gflops`` the full detector's GFLOPs per image,
+mean over the val images. Latencies of different jobs are never compared directly: on a shared
+machine they are not comparable.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,12 @@ from ..presets import PRESETS
 from .schema import Report
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+# --x value -> (row key, axis label, higher is better)
+X_AXES = {
+    "speedup": ("speedup_full", "full-network speed-up vs dense (×; paired where timed together)", True),
+    "latency": ("latency_full_paired", "full-network latency (ms), dense latency / paired speed-up", False),
+    "gflops": ("flops_full", "full detector GFLOPs per image (mean over val images)", False),
+}
 _SHAPES = "os^vDP"
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 # Every possible setting gets a fixed style, so a setting looks the same in every report.
@@ -42,14 +56,22 @@ METHOD_STYLE = {
 }
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by any other (lower latency and higher AP), by rising latency."""
+def pareto_front(points: list[tuple[float, float]], higher_x: bool = False) -> list[tuple[float, float]]:
+    """Points not beaten by any other (lower x, or higher with ``higher_x``, and higher AP),
+    from the best x on."""
     front, best = [], -math.inf
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+    for x, y in sorted(points, key=lambda p: (-p[0] if higher_x else p[0], -p[1])):
         if y > best:
             front.append((x, y))
             best = y
     return front
+
+
+def x_value(row: dict, x: str) -> tuple[float | None, float]:
+    """A report row's position on the ``x`` axis and its error (std over seeds, 0 for one)."""
+    key = X_AXES[x][0]
+    value = 1.0 if x == "speedup" and row["dense"] else row.get(key)
+    return value, 0.0 if x == "speedup" and row["dense"] else row.get(f"{key}_std") or 0.0
 
 
 def _style(row: dict) -> tuple[tuple, tuple]:
@@ -73,19 +95,22 @@ def _name(axes: tuple[str, str], key: tuple) -> str:
     return " / ".join("any" if v is None else value_label(ax, v) for ax, v in zip(axes, key))
 
 
-def plot_pareto(report: Report, path: Path) -> int:
-    """Draw the figure to ``path`` (.png, .pdf or .svg); returns the number of points plotted.
-    Raises ValueError for another suffix."""
+def plot_pareto(report: Report, path: Path, x: str = "speedup") -> int:
+    """Draw the figure to ``path`` (.png, .pdf or .svg) against ``x`` (``X_AXES``); returns the
+    number of points plotted. Raises ValueError for another suffix or x."""
     path = Path(path)
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise ValueError(f"--plot {path}: the file name must end in {', '.join(PLOT_SUFFIXES)}")
+    if x not in X_AXES:
+        raise ValueError(f"--x {x}: expected one of {', '.join(X_AXES)}")
+    _, xlabel, higher_x = X_AXES[x]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    rows = [r for r in report.rows if r["latency_full"] is not None]
+    rows = [r for r in report.rows if x_value(r, x)[0] is not None]
     panels = [("box_ap", "box AP")] + [("mask_ap", "mask AP")] * any(r["mask_ap"] is not None for r in rows)
     fig, axs = plt.subplots(
         1, len(panels), figsize=(6 * len(panels), 5.6), layout="constrained", squeeze=False
@@ -101,9 +126,9 @@ def plot_pareto(report: Report, path: Path) -> int:
             shapes[shape_key] = shape = _shape(shape_key)
             colours[colour_key] = colour = _colour(colour_key)
             ax.errorbar(
-                [r["latency_full"] for r in group],
+                [x_value(r, x)[0] for r in group],
                 [r[key] for r in group],
-                xerr=[r.get("latency_full_std") or 0.0 for r in group],
+                xerr=[x_value(r, x)[1] for r in group],
                 yerr=[r.get(f"{key}_std") or 0.0 for r in group],
                 fmt=shape,
                 ms=7,
@@ -119,9 +144,9 @@ def plot_pareto(report: Report, path: Path) -> int:
         dense = [r for r in pts if r["dense"]]
         if dense:
             ax.errorbar(
-                [r["latency_full"] for r in dense],
+                [x_value(r, x)[0] for r in dense],
                 [r[key] for r in dense],
-                xerr=[r.get("latency_full_std") or 0.0 for r in dense],
+                xerr=[x_value(r, x)[1] for r in dense],
                 yerr=[r.get(f"{key}_std") or 0.0 for r in dense],
                 fmt="*",
                 ms=14,
@@ -132,16 +157,12 @@ def plot_pareto(report: Report, path: Path) -> int:
             )
             for r in dense[:4]:  # a reference line per dense model (a few at most)
                 ax.axhline(r[key], color="black", ls="--", lw=0.9, zorder=1)
-        front = pareto_front([(r["latency_full"], r[key]) for r in pts])
+        front = pareto_front([(x_value(r, x)[0], r[key]) for r in pts], higher_x)
         if front:
             ax.step(*zip(*front), where="post", color="crimson", lw=1.6, alpha=0.85, zorder=5)
         else:
-            ax.text(0.5, 0.5, "no finished runs with latency", ha="center", transform=ax.transAxes)
-        ax.set(
-            xlabel="full-network latency (ms)",
-            ylabel=f"{name} (COCO AP@[.5:.95])",
-            title=f"{name} vs latency",
-        )
+            ax.text(0.5, 0.5, f"no finished runs with {x}", ha="center", transform=ax.transAxes)
+        ax.set(xlabel=xlabel, ylabel=f"{name} (COCO AP@[.5:.95])", title=f"{name} vs {x}")
         ax.grid(alpha=0.3)
         ax.margins(x=0.08, y=0.08)
     legend = dict(fontsize=8, title_fontsize=8, frameon=False)

@@ -28,7 +28,7 @@ from .cells import (
     methods_source,
     verdict_cells,
 )
-from .schema import COLUMNS, IDENTITY, METRICS, Effect, MethodRow, MethodVerdict, Report, Verdict
+from .schema import COLUMNS, EXTRA, IDENTITY, METRICS, Effect, MethodRow, MethodVerdict, Report, Verdict
 
 FORMATS = ("table", "csv", "markdown", "json", "latex")
 
@@ -48,6 +48,7 @@ def flat_rows(report: Report) -> list[dict]:
             if report.aggregated:
                 flat[f"{key}_std"] = row.get(f"{key}_std")
         flat["speedup_paired"] = row["speedup_paired"]
+        flat.update({key: row.get(key) for key in EXTRA})
         out.append({**flat, "state": "done", "note": ""})
     for run in report.not_done:
         flat = dict.fromkeys(out[0] if out else (*IDENTITY, "n", *report.axes))

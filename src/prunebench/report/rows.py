@@ -11,7 +11,7 @@ from typing import Any
 
 from ..axes import METHOD_AXIS, PRUNING_AXES
 from ..results import Run
-from .schema import METRICS, axis_label
+from .schema import EXTRA, METRICS, axis_label
 from .stats import mean_sd
 
 _RAW = ("box_ap", "mask_ap", "latency_backbone", "latency_full", "keep_ratio", "flops_backbone", "flops_full")
@@ -114,7 +114,27 @@ def _run_row(run: Run, dense: Run | None, label: str) -> dict:
             paired if paired is not None else base / lat if lat and base is not None else None
         )
         row["speedup_paired"] |= paired is not None
+        flops, base = row[f"flops_{part}"], ref[f"flops_{part}"]
+        row[f"flop_ratio_{part}"] = base / flops if flops and base is not None else None
+    row.update(_flops_spread(run))
+    lat, speedup = ref["latency_full"], row["speedup_full"]
+    row["latency_full_paired"] = (
+        row["latency_full"] if run.is_dense else lat / speedup if lat is not None and speedup else None
+    )
     return row
+
+
+def _flops_spread(run: Run) -> dict:
+    """``flops_images`` (None for runs counted on their first timed image only) and the GFLOPs'
+    p10 / p90 over the val images."""
+    flops = (run.metrics or {}).get("flops_g")
+    flops = flops if isinstance(flops, dict) else {}
+    images = flops.get("images")
+    out = {"flops_images": images if isinstance(images, int) and not isinstance(images, bool) else None}
+    for q in ("p10", "p90"):
+        block = flops.get(q) if isinstance(flops.get(q), dict) else {}
+        out.update({f"flops_{part}_{q}": _positive(block.get(part)) for part in ("backbone", "full")})
+    return out
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
@@ -136,7 +156,7 @@ def _aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
             "seed": ";".join(str(m["seed"]) for m in members),
             "speedup_paired": all(m["speedup_paired"] for m in members),
         }
-        for key in METRICS:
+        for key in METRICS + EXTRA:
             agg[key], agg[f"{key}_std"] = _mean_std([m[key] for m in members])
         out.append(agg)
     return out

@@ -26,12 +26,24 @@ COLUMNS = (
     ("latency_backbone", "backbone ms", "{:.1f}", False),
     ("latency_full", "full ms", "{:.1f}", False),
     ("speedup_backbone", "speed-up bb", "{:.2f}×", True),
+    ("flop_ratio_backbone", "FLOP ratio bb", "{:.2f}×", True),
     ("speedup_full", "speed-up full", "{:.2f}×", True),
+    ("flop_ratio_full", "FLOP ratio full", "{:.2f}×", True),
     ("keep_ratio", "keep", "{:.3f}", False),
     ("flops_backbone", "GFLOPs bb", "{:.3g}", False),
     ("flops_full", "GFLOPs full", "{:.3g}", False),
 )
 METRICS = tuple(c[0] for c in COLUMNS)
+# Numbers the CSV and JSON exports (and the plot) carry beside the columns: GFLOPs' image count and
+# spread over the val images, and the full latency rescaled to the dense reference by the speed-up.
+EXTRA = (
+    "flops_images",
+    "flops_backbone_p10",
+    "flops_backbone_p90",
+    "flops_full_p10",
+    "flops_full_p90",
+    "latency_full_paired",
+)
 IDENTITY = ("sweep", "run_id", "label", "backbone", "stage", "seed")
 # (key, name, format of a difference, higher is better): what each per-axis effect is measured on.
 EFFECT_METRICS = (
@@ -209,6 +221,7 @@ class Report:
         if len(self.timing) > 1:
             setups = ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in self.timing.most_common())
             out.append(f"Latencies come from different setups: {setups}; compare them only within one.")
+        out += self._flops_note()
         paired, finetunes = self.paired
         if paired:
             out.append(
@@ -216,3 +229,24 @@ class Report:
                 "same process (paired); the rest are ratios to the dense run's median latency."
             )
         return out
+
+    def _flops_note(self) -> list[str]:
+        """What the GFLOPs columns cover: how many val images, or the first timed image only."""
+        counted = [r.get("flops_images") for r in self.rows if r.get("flops_backbone") is not None]
+        if not counted:
+            return []
+        images = sorted({round(n) for n in counted if n})
+        first = len(counted) - sum(1 for n in counted if n)
+        parts = []
+        if images:
+            span = f"{images[0]}" if len(images) == 1 else f"{images[0]}–{images[-1]}"
+            parts.append(
+                f"means per image over each run's val images ({span} images, each at its own size and "
+                "kept tokens; p10 / p90 in the CSV and JSON exports); a FLOP ratio is the dense "
+                "reference's GFLOPs over the run's"
+            )
+        if first:
+            parts.append(
+                f"{first} row{'s' * (first != 1)} from an earlier prunebench count the first timed image only"
+            )
+        return ["GFLOPs: " + "; ".join(parts) + "."]

@@ -28,7 +28,16 @@ from .cells import (
 from .schema import COLUMNS, Report
 
 # Columns a narrow terminal hides first (CSV, JSON, Markdown and LaTeX always have them all).
-OPTIONAL = ("flops_full", "speedup_backbone", "flops_backbone", "keep_ratio", "d_mask_ap", "latency_backbone")
+OPTIONAL = (
+    "flop_ratio_backbone",
+    "flop_ratio_full",
+    "flops_full",
+    "speedup_backbone",
+    "flops_backbone",
+    "keep_ratio",
+    "d_mask_ap",
+    "latency_backbone",
+)
 VERDICT_STYLES = {"reproduced": "green", "contradicted": "red", "inconclusive": "yellow"}
 
 
