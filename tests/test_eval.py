@@ -261,3 +261,5 @@ def test_fp16_runs_the_whole_detector_under_autocast_as_the_official_test(
     assert seen[:3] == [(True, torch.float16)] * 3  # the three COCO test images, backbone included
     assert metrics["eval"]["dtype"] == "fp16" and metrics["latency_ms"]["dtype"] == "fp16"
     assert "-fp16-s0-" in metrics["run_id"]
+    config = (tmp_path / "eval" / metrics["run_id"] / "config.py").read_text()
+    assert "test_cfg = {'type': 'TestLoop', 'fp16': True}" in config  # tools/test.py on a GPU: fp16

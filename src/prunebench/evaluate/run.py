@@ -101,6 +101,8 @@ def run_eval(
         console.print(f"already evaluated: {run_dir} (delete it to evaluate again)")
         return read_json(run_dir / METRICS_FILE)
     cfg = eval_config(backbone, record["num_classes"], dataset, checkpoint, run_dir, seed)
+    if bench["dtype"] == "fp16":  # for MMDetection's tools/test.py on a GPU: the official fp16 test
+        cfg.test_cfg = dict(type="TestLoop", fp16=True)
     model = _load_model(cfg, state, checkpoint)
     spec = RunSpec(
         run_id=run_dir.name,
@@ -206,7 +208,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..bench import FlopsRecorder, autocast, measure_run
+    from ..bench import FlopsRecorder, measure_run
     from ..metrics import coco_metrics, keep_ratio_recorder, run_env
 
     runner = tester(cfg, model, cfg.work_dir)
@@ -223,10 +225,14 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         task = progress.add_task(f"COCO test of {images} val images", total=images)
         runner.register_hook(_progress_hook(progress, task), priority="VERY_LOW")
         torch.manual_seed(spec.seed)  # the Gumbel samples of selector_inference=gumbel
-        # the whole detector in the run's precision, as the official test's wrap_fp16_model;
-        # per val image: tokens per block, GFLOPs
-        with autocast(next(model.parameters()).device, spec.bench["dtype"]), FlopsRecorder(model) as flops:
-            raw = runner.test()
+        # the whole detector in the run's precision, as the official test's wrap_fp16_model (inside
+        # MMEngine's TestLoop, whose own autocast is bf16-only on CPUs)
+        model.test_step = _in_precision(model.test_step, next(model.parameters()).device, spec.bench["dtype"])
+        try:
+            with FlopsRecorder(model) as flops:  # per val image: tokens per block, GFLOPs
+                raw = runner.test()
+        finally:
+            del model.test_step
     test_time = time.time() - t0
     keep_stats = keep()
     write_status(run_dir, "running", phase="bench", log=str(run_dir / EVAL_LOG))
@@ -245,6 +251,17 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         "eval": {"images": images, "test_time_s": round(test_time, 1)},
         "env": run_env(),
     }
+
+
+def _in_precision(step, device, dtype: str):
+    """``step`` run under autocast to ``dtype`` on ``device`` (fp32: as it is)."""
+    from ..bench import autocast
+
+    def run(*args, **kwargs):
+        with autocast(device, dtype):
+            return step(*args, **kwargs)
+
+    return run
 
 
 def _summary(m: dict, run_dir: Path, console) -> None:
