@@ -204,7 +204,7 @@ FAMILIES = {
     "one-stage": (
         "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py",
         False,
-        "overrides: {model.test_cfg.score_thr: 0.0}\n",
+        "overrides: {{model.test_cfg.score_thr: 0.0}}\n",
     ),
     "query-based": ("dino-vit-cpu", False, ""),
 }
