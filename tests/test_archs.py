@@ -123,7 +123,8 @@ def run_backbone(tmp_path: Path, arch: str, pretrained: Path, family: str = "pla
         f"cache_dir: {tmp_path / 'cache'}}}\naxes: {{rate: [dynamic]}}\n"
     )
     s = prepare(grid, tmp_path / "results")
-    cfg = Config.fromfile(str(s.sweep_dir / s.runs[0].run_id / "config.py"))
+    pruned = next(r for r in s.runs if r.stage == "finetune")
+    cfg = Config.fromfile(str(s.sweep_dir / pruned.run_id / "config.py"))
     backbone = MODELS.build(cfg.model.backbone)
     backbone.init_weights()
     return backbone
