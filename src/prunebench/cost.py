@@ -9,12 +9,15 @@ Torch and MMEngine are imported by ``estimate`` only (``status`` reads the forec
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +193,9 @@ def estimate(sweep, console=None, iters: int = 5) -> dict:
         bar.advance(task)
         for i, (key, run_id) in enumerate(models.items()):
             bar.update(task, description=f"timing model {i + 1}/{len(models)} ({run_id})")
-            measured[key] = {"run": run_id, **time_model(configs[run_id], Path(tmp) / str(i), iters)}
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pycocotools' and MMEngine's chatter while building
+                measured[key] = {"run": run_id, **time_model(configs[run_id], Path(tmp) / str(i), iters)}
             bar.advance(task)
     runs, stages = {}, dict.fromkeys((s.stage for s in sizes), 0.0)
     for spec in sweep.runs:
