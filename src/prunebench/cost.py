@@ -179,6 +179,7 @@ def estimate(sweep, console=None, iters: int = 5) -> dict:
     import tempfile
 
     import torch
+    from rich.console import Console
     from rich.progress import Progress
 
     configs = _configs(sweep)
@@ -187,7 +188,8 @@ def estimate(sweep, console=None, iters: int = 5) -> dict:
     for spec in sweep.runs:
         models.setdefault(model_key(spec), spec.run_id)
     measured = {}
-    with Progress(console=console, transient=True) as bar, tempfile.TemporaryDirectory() as tmp:
+    screen = Console(file=sys.stdout, force_terminal=(console or Console()).is_terminal)  # not the redirect
+    with Progress(console=screen, transient=True) as bar, tempfile.TemporaryDirectory() as tmp:
         task = bar.add_task("timing the job start-up", total=len(models) + 1)
         startup = _startup_s()
         bar.advance(task)
