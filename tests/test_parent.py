@@ -61,6 +61,9 @@ def test_checkpoint_parent_plans_no_dense_training_and_finetunes_load_it(tmp_pat
     assert len(dense) == 1 and not dense[0].trains  # one parent for both seeds, evaluated only
     assert dense[0].seed is None and "-ckpt-" in dense[0].run_id
     assert dense[0].schedule["sha256"] == content_hash(ckpt)
+    from mmengine.logging import HistoryBuffer
+
+    assert HistoryBuffer in torch.serialization.get_safe_globals()  # the check left MMEngine files loadable
     cfg = Config.fromfile(str(s.sweep_dir / dense[0].run_id / "config.py"))
     assert cfg.load_from == str(ckpt.resolve())
     finetunes = [r for r in s.runs if r.stage == "finetune"]

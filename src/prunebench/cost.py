@@ -9,12 +9,15 @@ Torch and MMEngine are imported by ``estimate`` only (``status`` reads the forec
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +179,7 @@ def estimate(sweep, console=None, iters: int = 5) -> dict:
     import tempfile
 
     import torch
+    from rich.console import Console
     from rich.progress import Progress
 
     configs = _configs(sweep)
@@ -184,13 +188,16 @@ def estimate(sweep, console=None, iters: int = 5) -> dict:
     for spec in sweep.runs:
         models.setdefault(model_key(spec), spec.run_id)
     measured = {}
-    with Progress(console=console, transient=True) as bar, tempfile.TemporaryDirectory() as tmp:
+    screen = Console(file=sys.stdout, force_terminal=(console or Console()).is_terminal)  # not the redirect
+    with Progress(console=screen, transient=True) as bar, tempfile.TemporaryDirectory() as tmp:
         task = bar.add_task("timing the job start-up", total=len(models) + 1)
         startup = _startup_s()
         bar.advance(task)
         for i, (key, run_id) in enumerate(models.items()):
             bar.update(task, description=f"timing model {i + 1}/{len(models)} ({run_id})")
-            measured[key] = {"run": run_id, **time_model(configs[run_id], Path(tmp) / str(i), iters)}
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pycocotools' and MMEngine's chatter while building
+                measured[key] = {"run": run_id, **time_model(configs[run_id], Path(tmp) / str(i), iters)}
             bar.advance(task)
     runs, stages = {}, dict.fromkeys((s.stage for s in sizes), 0.0)
     for spec in sweep.runs:

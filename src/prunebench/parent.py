@@ -57,15 +57,14 @@ def check_fits(model_cfg: dict, path: str | Path) -> None:
     from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
 
-    import prunebench.models  # noqa: F401  (registers the backbones)
+    # registers the backbones and allows MMEngine checkpoints process-wide (not `safe_globals(...)`:
+    # leaving that context would remove the same types from the process's allowance)
+    import prunebench.models  # noqa: F401
     from prunebench.models.pruned_backbone import PrunedBackbone
-
-    from .checkpoint import mmengine_checkpoint_globals
 
     register_all_modules(init_default_scope=False)
     try:
-        with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a checkpoint torch.load reads ({type(e).__name__}: {e})") from None
     state = {k.removeprefix("module."): v for k, v in (data.get("state_dict", data) or {}).items()}
