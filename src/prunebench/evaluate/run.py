@@ -225,9 +225,12 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         task = progress.add_task(f"COCO test of {images} val images", total=images)
         runner.register_hook(_progress_hook(progress, task), priority="VERY_LOW")
         torch.manual_seed(spec.seed)  # the Gumbel samples of selector_inference=gumbel
-        # the whole detector in the run's precision, as the official test's wrap_fp16_model (inside
-        # MMEngine's TestLoop, whose own autocast is bf16-only on CPUs)
-        model.test_step = _in_precision(model.test_step, next(model.parameters()).device, spec.bench["dtype"])
+        # on a GPU the whole detector in the run's precision, as the official test's wrap_fp16_model
+        # (inside MMEngine's TestLoop, whose own autocast is bf16-only on CPUs); on a CPU in fp32:
+        # MMCV's CPU NMS has no half kernel
+        device = next(model.parameters()).device
+        test_dtype = spec.bench["dtype"] if device.type == "cuda" else "fp32"
+        model.test_step = _in_precision(model.test_step, device, test_dtype)
         try:
             with FlopsRecorder(model) as flops:  # per val image: tokens per block, GFLOPs
                 raw = runner.test()
@@ -248,7 +251,7 @@ def _test_and_time(cfg, model, spec, run_dir: Path) -> dict:
         "flops_g": flops.summary("val"),
         "keep_ratio": keep_stats,
         "checkpoint": str(cfg.load_from),
-        "eval": {"images": images, "test_time_s": round(test_time, 1)},
+        "eval": {"images": images, "test_time_s": round(test_time, 1), "test_dtype": test_dtype},
         "env": run_env(),
     }
 
