@@ -265,8 +265,9 @@ def summary_lines(log: dict) -> list[str]:
     if not log.get("rounds"):
         return []
     last = log["rounds"][-1]
+    stopped = log.get("stopped", "not yet (running, or killed: the same command continues)")
     lines = [
-        f"--until-decided: {len(log['rounds'])} round(s), stopped: {log.get('stopped', 'still running')}; "
+        f"--until-decided: {len(log['rounds'])} round(s), stopped: {stopped}; "
         f"intervals at {100 * log['level']:.2f} % per look ({log['looks']} looks at most: overall error "
         f"<= {100 * log['alpha']:g} % per comparison)"
     ]
