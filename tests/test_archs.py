@@ -111,7 +111,8 @@ def weights_output(path: Path, arch: str, family: str = "plain") -> tuple[int, s
 
 
 def run_backbone(tmp_path: Path, arch: str, pretrained: Path, family: str = "plain"):
-    """The backbone a run builds from its written config.py, weights loaded as the job does."""
+    """The backbone a dense run builds from its written config.py, weights loaded as the job does,
+    and its finetune's pruning layers."""
     from mmdet.registry import MODELS
 
     from prunebench.sweep import prepare
@@ -123,11 +124,11 @@ def run_backbone(tmp_path: Path, arch: str, pretrained: Path, family: str = "pla
         f"cache_dir: {tmp_path / 'cache'}}}\naxes: {{rate: [dynamic]}}\n"
     )
     s = prepare(grid, tmp_path / "results")
-    pruned = next(r for r in s.runs if r.stage == "finetune")
-    cfg = Config.fromfile(str(s.sweep_dir / pruned.run_id / "config.py"))
+    dense = next(r for r in s.runs if r.stage == "dense")  # the run that loads ImageNet weights
+    cfg = Config.fromfile(str(s.sweep_dir / dense.run_id / "config.py"))
     backbone = MODELS.build(cfg.model.backbone)
     backbone.init_weights()
-    return backbone
+    return backbone, next(r for r in s.runs if r.stage == "finetune").backbone_args["prune_layers"]
 
 
 @pytest.mark.slow
@@ -145,8 +146,8 @@ def test_vit_large_checkpoints_in_timm_safetensors_and_mae_formats(tmp_path):
     for name in ("model.safetensors", "mae.pth"):
         code, text = weights_output(tmp_path / name, "vit-large")
         assert code == 0 and "every ViT tensor of vit-large comes from the file" in text, text
-    backbone = run_backbone(tmp_path, "vit-large", tmp_path / "mae.pth")
-    assert len(backbone.blocks) == 24 and backbone.prune_layers == LARGE_SCHEDULE[0]
+    backbone, prune_layers = run_backbone(tmp_path, "vit-large", tmp_path / "mae.pth")
+    assert len(backbone.blocks) == 24 and prune_layers == LARGE_SCHEDULE[0]
     assert torch.equal(backbone.blocks[23].mlp.fc2.weight, state["blocks.23.mlp.fc2.weight"])
     with torch.no_grad():
         assert [m.shape[1] for m in backbone.eval()(torch.randn(1, 3, 64, 64))] == [256] * 4
@@ -169,7 +170,8 @@ def test_dinov2_small_checkpoint_loads_on_both_families(tmp_path, family):
     path, state = dinov2_small_file(tmp_path)
     code, text = weights_output(path, "dinov2-small", family)
     assert code == 0 and "patch kernel resized 14x14 -> 16x16" in text, text
-    backbone = run_backbone(tmp_path, "dinov2-small", path, family)
+    backbone, prune_layers = run_backbone(tmp_path, "dinov2-small", path, family)
+    assert prune_layers == REFERENCE_LAYERS
     assert backbone.pretrain_grid == 37 and backbone.patch_embed.proj.weight.shape[-1] == 16
     assert torch.equal(backbone.blocks[5].ls2.gamma, state["blocks.5.ls2.gamma"])
     torch.testing.assert_close(backbone.pos_embed, state["pos_embed"][:, 1:])
