@@ -64,7 +64,11 @@ def test_a_registered_selector_is_a_grid_value_and_its_module_joins_custom_impor
     plugin_run = next(r for r in s.runs if r.axes["selector"] == PLUGIN)
     assert plugin_run.backbone_args["selector"] == PLUGIN
     config = s.sweep_dir / plugin_run.run_id / "config.py"
-    assert Config.fromfile(str(config)).custom_imports["imports"] == ["prunebench.models", "prunebench.hooks", "test_plugins"]
+    assert Config.fromfile(str(config)).custom_imports["imports"] == [
+        "prunebench.models",
+        "prunebench.hooks",
+        "test_plugins",
+    ]
     # a fresh interpreter that loads the config (as MMDetection's tools/train.py does) builds it
     code = (
         "import sys; from mmengine.config import Config; from mmdet.registry import MODELS; "
