@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .axes import METHOD_AXIS
-from .checkpoint import mmengine_checkpoint_globals
+from .checkpoint import allow_mmengine_checkpoints
 from .results import CONFIG_FILE, RUN_FILE, WORK_DIR, read_json
 
 _DEFAULT_NORM = dict(
@@ -50,9 +50,9 @@ def load_weights(model, bare_backbone: bool, ckpt: Path) -> None:
     the detector's ``backbone.*`` weights."""
     import torch
 
+    allow_mmengine_checkpoints()  # process-wide: leaving a `safe_globals` block would undo it
     try:
-        with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
-            data = torch.load(ckpt, map_location="cpu", weights_only=True)
+        data = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), str(e)[:200])
         raise VizError(
