@@ -194,7 +194,9 @@ def tester(cfg, model, work_dir: str):
         work_dir=work_dir,
         test_dataloader=cfg.test_dataloader,
         test_evaluator=cfg.test_evaluator,
-        test_cfg=cfg.test_cfg,
+        # the precision is the caller's (``_in_precision``): MMEngine's own fp16 TestLoop, written for
+        # tools/test.py, autocasts to bf16 on a CPU, which MMCV's NMS cannot take
+        test_cfg={**cfg.test_cfg, "fp16": False},
         env_cfg=cfg.env_cfg,
         default_scope=cfg.default_scope,
         randomness=cfg.randomness,
