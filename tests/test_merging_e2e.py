@@ -20,6 +20,7 @@ SHORTER = {  # the same grid, a few iterations and images
     r"dense: \{iters: \d+": "dense: {iters: 4",
     r"finetune: \{iters: \d+": "finetune: {iters: 2",
     r"checkpoint_interval: \d+": "checkpoint_interval: 2",
+    r"warmup_iters: \d+": "warmup_iters: 0",
     r"images: \d+": "images: 2",
 }
 

@@ -36,7 +36,7 @@ def test_checkpoint_parent_and_off_the_shelf_evit(tmp_path):
     first = run_sweep(write(tmp_path, "trained", "{iters: 24, lr: 0.0005}", 2), tmp_path / "results")
     dense_id = next(r for r in first if r.startswith("dense"))
     trained = read_json(tmp_path / "results" / "trained" / dense_id / "metrics.json")
-    ckpt = Path(trained["checkpoint"])
+    ckpt = tmp_path / "results" / "trained" / dense_id / trained["checkpoint"]  # relative to the run
     assert ckpt.is_file()
 
     grid = write(tmp_path, "reuse", f"{{checkpoint: {ckpt}}}", 0)

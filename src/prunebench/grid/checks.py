@@ -85,7 +85,7 @@ def check_warmup(c: _Checker, schedule: dict) -> None:
     for stage in ("dense", "finetune"):
         st = schedule[stage]
         warmup = st.get("warmup_iters", schedule.get("warmup_iters"))
-        if "iters" in st and warmup is not None and warmup >= st["iters"]:
+        if "iters" in st and warmup and warmup >= st["iters"]:  # 0: no warm-up, any length
             key = f"schedule.{stage}.warmup_iters" if "warmup_iters" in st else "schedule.warmup_iters"
             raise c.fail(
                 key,
