@@ -8,6 +8,7 @@ import pytest
 from mmengine.config import Config
 
 from prunebench.grid import GridError
+from prunebench.mmdet_config import own_visualizer
 from prunebench.sweep import prepare, run_sweep
 
 GRID = """\
@@ -220,3 +221,24 @@ def test_known_component_arguments_pass(tmp_path):
     s = prepare(path, tmp_path / "results")
     cfg = Config.fromfile(str(s.sweep_dir / s.runs[1].run_id / "config.py"))
     assert cfg.model.backbone.tau == 0.5 and cfg.model.keep_ratio_loss_weight == 2.0
+
+
+def test_two_runners_in_one_process_each_keep_their_own_visualizer(tmp_path):
+    from mmdet.registry import VISUALIZERS
+    from mmdet.visualization import DetLocalVisualizer  # noqa: F401  (registers it)
+    from mmengine.visualization import Visualizer
+
+    folders = []
+    for i in range(2):  # MMDetection's configs name every visualizer "visualizer"
+        cfg = Config(
+            dict(
+                visualizer=dict(
+                    type="DetLocalVisualizer", name="visualizer", vis_backends=[dict(type="LocalVisBackend")]
+                )
+            )
+        )
+        own_visualizer(cfg)
+        vis = VISUALIZERS.build({**cfg.visualizer, "save_dir": str(tmp_path / str(i))})
+        assert Visualizer.get_current_instance() is vis  # a new instance, not the first one again
+        folders.append(vis.get_backend("LocalVisBackend")._save_dir)
+    assert folders == [str(tmp_path / str(i) / "vis_data") for i in range(2)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from prunebench.mmdet_config import own_visualizer
 from prunebench.report import build_report
 from prunebench.results import read_json
 from prunebench.sweep import run_sweep
@@ -66,6 +67,7 @@ def test_checkpoint_parent_and_off_the_shelf_evit(tmp_path):
     spec = json.loads((sweep / evit_id / "run.json").read_text())
     cfg.model.backbone.update({k: v for k, v in spec["backbone_args"].items() if k != "family"})
     cfg.load_from, cfg.work_dir, cfg.randomness = str(ckpt), str(tmp_path / "direct"), dict(seed=0)
+    own_visualizer(cfg)  # not an earlier test's, with its deleted folder
     raw = Runner.from_cfg(cfg).test()
     assert raw["coco/bbox_mAP"] * 100 == pytest.approx(evit["box_ap"])
     assert raw["coco/segm_mAP"] * 100 == pytest.approx(evit["mask_ap"])

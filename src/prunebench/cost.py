@@ -135,6 +135,8 @@ def time_model(cfg, work_dir: Path, iters: int = 5, test_batches: int = 2) -> di
 
     import prunebench.models  # noqa: F401
 
+    from .mmdet_config import own_visualizer
+
     stamps: list[float] = []
 
     class _Stamp(Hook):
@@ -149,6 +151,7 @@ def time_model(cfg, work_dir: Path, iters: int = 5, test_batches: int = 2) -> di
     cfg.log_processor = dict(by_epoch=False)
     cfg.log_level = "WARNING"  # the plan's output stays the plan's
     cfg.model.pop("distill", None)  # its teacher file may not exist yet (its cost is left out)
+    own_visualizer(cfg)
     t0 = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     build_s = time.perf_counter() - t0

@@ -16,7 +16,7 @@ from pathlib import Path
 from mmengine.hooks import Hook
 
 from .metrics import coco_metrics, keep_ratio_recorder, run_env
-from .mmdet_config import GPUS_KEY
+from .mmdet_config import GPUS_KEY, own_visualizer
 from .results import (
     CONFIG_FILE,
     EXIT_LOCKED,
@@ -229,6 +229,7 @@ def _train_test_bench(run_dir: Path, spec: RunSpec, launcher: str) -> dict:
 
     cfg = load_run_config(run_dir, spec, launcher)
     prepare_trackers(cfg)
+    own_visualizer(cfg)
     runner = Runner.from_cfg(cfg)
     if is_writer():
         runner.register_hook(_StatusHook(run_dir), priority="VERY_LOW")

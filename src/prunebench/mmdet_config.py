@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import pprint
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ def load_base(grid: Grid) -> dict:
     for key in ("val_dataloader", "val_evaluator", "val_cfg"):  # each run is tested once at the end
         cfg[key] = None
     return cfg
+
+
+def own_visualizer(cfg) -> None:
+    """Give ``cfg``'s visualizer a name of its own before a Runner is built from it. MMEngine keeps
+    visualizers process-wide by name and MMDetection's configs all say ``visualizer``, so a second
+    Runner in one process (``plan --estimate``, tests) would take the first one's, with its folder."""
+    visualizer = cfg.get("visualizer")
+    if visualizer is not None:
+        visualizer["name"] = f"visualizer-{uuid.uuid4().hex[:12]}"
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
