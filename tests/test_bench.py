@@ -275,6 +275,19 @@ def test_cli_bench_backbone_only(tmp_path):
     assert CliRunner().invoke(app, ["bench", "--sparse-mode", "fast"]).exit_code == 2
 
 
+@pytest.mark.parametrize("method", ["tome", "atc", "evit"])
+def test_cli_bench_a_method_preset(tmp_path, method):
+    out = tmp_path / "b.json"
+    args = ["bench", "--method", method, "--arch", "deit-tiny", "--input-size", "64x96"]
+    result = CliRunner().invoke(
+        app, [*args, "--warmup", "0", "--repeats", "1", "--backbone-only", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert res["arch"] == "deit-tiny" and res["pruned"]["latency_ms"]["keep_ratio"]["mean"] < 1.0
+    assert res["flop_ratio"]["vit_blocks"] > 1
+
+
 def test_file_batches_folder_and_annotation_file(synth):
     root, cfg = synth
     batches, source = file_batches(root / "val", cfg, count=3, batch=2)
@@ -338,3 +351,32 @@ def test_cli_bench_images_errors(tmp_path):
     ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "missing.png"}]}))
     result = CliRunner().invoke(app, ["bench", "--arch", "deit-tiny", "--images", str(ann)])
     assert result.exit_code == 2 and "missing.png" in result.output and "ROOT/SPLIT" in result.output
+
+
+def test_run_bench_reports_atcs_clustering_time_within_its_backbone():
+    """``--method atc``: the time SciPy's clustering takes inside each pruned backbone call is a
+    row of its own (and 0 for a method that does not cluster)."""
+    from prunebench.presets import backbone_args
+
+    shares = {}
+    for method in ("atc", "tome"):
+        args = backbone_args(method, {"arch": "deit-tiny"})
+        schedule = {k: args.pop(k) for k in ("arch", "prune_layers", "keep_ratios")}
+        schedule.update(arch="deit-tiny", prune_layers=[1, 2, 3])  # the 4-block CPU template
+        buf = io.StringIO()
+        res = run_bench(
+            input_size=(128, 192),
+            warmup=0,
+            repeats=2,
+            config=CPU_CFG,
+            console=Console(file=buf, width=200),
+            backbone_only=True,
+            rate=args.pop("rate"),
+            pruned_args=args,
+            **schedule,
+        )
+        lat = res["pruned"]["latency_ms"]
+        shares[method] = lat["clustering"] / lat["backbone"]
+        assert res["dense"]["latency_ms"]["clustering"] == 0.0
+        assert ("of which clustering ms" in buf.getvalue()) == (method == "atc")
+    assert 0 < shares["atc"] < 1 and shares["tome"] == 0.0

@@ -193,8 +193,14 @@ def run_bench(
         ("ViT blocks GFLOPs", "flops_g", "vit_blocks"),
         ("keep ratio", "keep_ratio", "mean"),
     ]
+    if p["latency_ms"]["clustering"]:  # ATC: its clustering's part of the pruned backbone's time
+        rows.insert(1, ("  of which clustering ms", "latency_ms", "clustering"))
     for label, group, key in rows:
         a, b = (_cell(r, group, key) for r in (d, p))
+        if key == "clustering":
+            share = b / p["latency_ms"]["backbone"]
+            table.add_row(label, "-", f"{b:.1f}", f"{share:.0%} of the pruned backbone")
+            continue
         table.add_row(
             label,
             *("-" if v is None else f"{v:.3f}" if group == "keep_ratio" else f"{v:.1f}" for v in (a, b)),

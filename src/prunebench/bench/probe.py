@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..models.methods.clustering import clustering_seconds
 from .flops import FlopsRecorder
 from .timing import DTYPES, autocast, latency_stats, time_calls
 
@@ -57,11 +58,14 @@ class _Probe:
             pre = [model.data_preprocessor(copy.deepcopy(b), False) for b in batches]
         self.imgs = [p["inputs"] for p in pre]
         self.masks: list[list[torch.Tensor]] = [[] for _ in batches]  # keep masks per input
+        self.clustering_ms: list[float] = []  # per backbone call: ATC's clustering (SciPy) in it
 
     def backbone(self, i: int) -> None:
+        before = clustering_seconds()
         with autocast(self.device, self.dtype):
             self.model.backbone(self.imgs[i])
         self.masks[i] = getattr(self.model.backbone, "last_keep_masks", [])
+        self.clustering_ms.append(1e3 * (clustering_seconds() - before))
 
     def full(self, i: int) -> None:
         with _autocast_features(self.model, self.device, self.dtype):
@@ -118,6 +122,8 @@ class _Probe:
                 "warmup": warmup,
                 "repeats": repeats,
                 "keep_ratio": keep,
+                # ATC's clustering within each backbone call (median; 0 for every other method)
+                "clustering": statistics.median(self.clustering_ms) if self.clustering_ms else 0.0,
             },
             "flops_g": self.flops(bool(stats.get("full"))) if flops else None,
         }

@@ -80,6 +80,7 @@ def bench(
             raise typer.BadParameter(str(e), param_hint="--method") from None
         schedule = {k: pruned.pop(k) for k in ("prune_layers", "keep_ratios") if k in pruned}
         rate = pruned.pop("rate")
+        pruned.pop("arch", None)  # the preset's schedule is scaled to it; both models are built with it
     try:
         run_bench(
             arch=arch,

@@ -7,12 +7,22 @@ Both take the similarity metric (B, T, d) of unit rows (:func:`.merging.mean_key
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from ...axes import LINKAGES
 
-__all__ = ["LINKAGES", "bipartite_matching", "agglomerative", "clustering_flops"]
+__all__ = ["LINKAGES", "bipartite_matching", "agglomerative", "clustering_flops", "clustering_seconds"]
+
+_SECONDS = [0.0]  # wall time spent in SciPy's clustering in this process
+
+
+def clustering_seconds() -> float:
+    """Seconds this process has spent in ATC's clustering (SciPy) so far: ``prunebench bench``
+    reports the difference over each timed backbone call, ATC's clustering share."""
+    return _SECONDS[0]
 
 
 @torch.no_grad()
@@ -65,12 +75,14 @@ class AgglomerativeClustering(torch.autograd.Function):
         from scipy.cluster.hierarchy import linkage as build_tree
         from scipy.spatial.distance import squareform
 
+        t0 = time.perf_counter()
         B, T, _ = dist.shape
         d = dist.detach().float().cpu().numpy()
         labels = np.empty((B, T), dtype=np.int64)
         for i in range(B):
             labels[i] = _cut(build_tree(squareform(d[i], checks=False), method=linkage), T, clusters)
         out = torch.from_numpy(labels).to(dist.device)
+        _SECONDS[0] += time.perf_counter() - t0
         ctx.mark_non_differentiable(out)
         return out
 
