@@ -100,6 +100,15 @@ def test_pruned_tokens_is_a_three_valued_axis_in_the_effects(tmp_path, make_run)
         ("merge", "discard"): (pytest.approx(1.5), 2),
         ("preserve", "merge"): (pytest.approx(-0.5), 2),
     }
+    from rich.console import Console
+
+    from prunebench.report import print_table
+
+    console = Console(record=True, width=200)
+    print_table(rep, console)
+    effects = console.export_text().split("Per-axis effects")[1].split("note:")[0]
+    for label in ("preserve vs discard", "merge vs discard", "preserve vs merge"):
+        assert label in effects  # each comparison of the axis is named in the effects table
 
 
 def test_paper_comparison_puts_the_fates_beside_the_merging_methods(tmp_path, make_run):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from prunebench.models import PrunedViT, keep_decision, pruned_backbone, selectors
-from prunebench.models.selectors import MlpSelector
+from prunebench.models.selectors import GatingSelector, MlpSelector
 
 TINY = dict(embed_dim=96, depth=4, num_heads=3, out_channels=32)
 H, W = 64, 96
@@ -142,6 +142,28 @@ def test_only_calibrated_selectors_calibrate_and_only_in_training():
     assert all(torch.equal(v, m.selectors.state_dict()[k]) for k, v in before.items())
     m.train()(image())
     assert bool(m.selectors[0].calibrated)
+
+
+@pytest.mark.parametrize("cls", [GatingSelector, MlpSelector])
+def test_a_calibrated_selector_survives_optimiser_steps(cls):
+    """The calibration widens every layer, not the output alone: five AdamW steps at lr 1e-4 that
+    push every token towards pruning move the kept share a little (an output layer scaled by
+    ~4e4 to widen DynamicViT's tiny fresh logits took a gating selector from 0.70 to 0.02)."""
+    torch.manual_seed(0)
+    sel, x = cls(96), torch.randn(4, 64, 96)
+    sel.reset("calibrated", 0.7)
+    hidden, output = sel.calibrate(x, None)
+    assert hidden > 1 and output < 10 * hidden  # no layer takes the whole factor
+    opt = torch.optim.AdamW(sel.parameters(), lr=1e-4)
+    shares = []
+    for _ in range(6):
+        logits = sel(x)
+        shares.append(float((logits[..., 0] > logits[..., 1]).float().mean()))
+        opt.zero_grad()
+        logits.softmax(-1)[..., 0].mean().backward()
+        opt.step()
+    assert shares[0] == pytest.approx(0.7, abs=0.01)
+    assert shares[-1] > 0.6, shares
 
 
 def test_gumbel_noise_is_fp32_under_autocast():

@@ -314,8 +314,10 @@ class PrunedBackbone(BaseModule):
         available = self._hard if nested else None
         sel = self.selectors[s]
         if self.training and self.selector_init == "calibrated" and sel.needs_calibration():
-            scale = sel.calibrate(x, available)
-            self._calibration.append(f"selectors.{s} output x{scale:.3g} (keeps {sel.share:.3f})")
+            hidden, output = sel.calibrate(x, available)
+            self._calibration.append(
+                f"selectors.{s} hidden layers x{hidden:.3g}, output x{output:.3g} (keeps {sel.share:.3f})"
+            )
         sample = self.training or self.selector_inference == "gumbel"
         # training, nested: decide on all tokens, then multiply by the previous decision (as the
         # official code: the previous decision gets gradient where the new one would keep)

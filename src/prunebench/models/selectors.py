@@ -105,25 +105,51 @@ class Selector(nn.Module):
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
-    @torch.no_grad()
-    def calibrate(self, x: torch.Tensor, available: Optional[torch.Tensor]) -> float:
-        """Scale the output layer to the calibrated spread and set its bias so that ``share`` of
-        the available tokens of ``x`` win the argmax; returns the scale factor. Under
-        ``torch.distributed`` the statistics are those of every rank's tokens together, so all
-        ranks end with the same parameters."""
-        w, b = self.output.weight, self.output.bias
-        score = self(x.detach(), available).float()
+    def hidden_layers(self) -> list[nn.Linear]:
+        """The selector's own Linear layers before ``output`` (a calibration scales them too)."""
+        return [m for m in self.modules() if isinstance(m, nn.Linear) and m is not self.output]
+
+    def _spread_and_score(
+        self, x: torch.Tensor, available: Optional[torch.Tensor]
+    ) -> tuple[float, torch.Tensor]:
+        """The keep-minus-prune logit without the output bias over the available tokens of every
+        rank (``torch.distributed``) and its std."""
+        b = self.output.bias
+        score = self(x, available).float()
         score = score[..., 0] - score[..., 1] - float(b[0] - b[1])
         score = all_gather_rows(score.flatten() if available is None else score[available])
-        spread = float(score.std()) if score.numel() > 1 else 0.0
-        scale = CALIBRATED_SPREAD / spread if spread > 0 else 1.0
+        return (float(score.std()) if score.numel() > 1 else 0.0), score
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, available: Optional[torch.Tensor]) -> tuple[float, float]:
+        """Widen the logit spread over the available tokens of ``x`` to ``CALIBRATED_SPREAD`` and
+        set the output bias so that ``share`` of them win the argmax. The widening is shared
+        evenly by the L Linear layers (each hidden one, weight and bias, times the L-th root of
+        the factor; the output layer then exactly to the spread): a selector whose fresh logits
+        are tiny (DynamicViT's init: a spread of about 1e-5) then has hidden activations of
+        order 1, rather than an output layer scaled by 1e5 that turns each optimiser step into
+        a jump of its decisions. Returns the hidden layers' and the output's factors. Under
+        ``torch.distributed`` the statistics are those of every rank's tokens together, so all
+        ranks end with the same parameters."""
+        x = x.detach()
+        spread, score = self._spread_and_score(x, available)
+        hidden_scale, scale = 1.0, 1.0
         if spread > 0:
-            w.mul_(scale)
+            hidden = self.hidden_layers()
+            if hidden:
+                hidden_scale = (CALIBRATED_SPREAD / spread) ** (1 / (len(hidden) + 1))
+                for layer in hidden:
+                    layer.weight.mul_(hidden_scale)
+                    layer.bias.mul_(hidden_scale)
+                spread, score = self._spread_and_score(x, available)
+        if spread > 0:
+            scale = CALIBRATED_SPREAD / spread
+            self.output.weight.mul_(scale)
             gap = -float(torch.quantile(score * scale, 1 - self.share))
-            b.copy_(torch.tensor([gap / 2, -gap / 2], dtype=b.dtype))
+            self.output.bias.copy_(torch.tensor([gap / 2, -gap / 2], dtype=self.output.bias.dtype))
         self.calibrated.fill_(True)
         self._calibrated_seen = True
-        return scale
+        return hidden_scale, scale
 
 
 @SELECTORS.register_module("mlp")
@@ -213,6 +239,10 @@ class PluginSelector(Selector):
     def reset_layers(self) -> None:
         """The plug-in keeps its own weights; the affine map starts as the identity."""
         self._identity()
+
+    def hidden_layers(self) -> list[nn.Linear]:
+        """None: a calibration scales the affine map only, never the user's module."""
+        return []
 
     def forward(self, x: torch.Tensor, available: Optional[torch.Tensor] = None) -> torch.Tensor:
         logits = self.inner(x, available)

@@ -130,8 +130,9 @@ def _print_effects(report: Report, console, Table, Text) -> None:
     for i, header in enumerate(EFFECT_HEADERS):  # narrow terminals wrap words, never cut numbers
         table.add_column(header, justify="right" if 2 <= i <= 5 else "left", no_wrap=i in (1, 2, 3))
     for i, (e, row) in enumerate(zip(report.effects, rows)):
-        new_axis = i == 0 or report.effects[i - 1].axis != e.axis
-        last = i + 1 == len(report.effects) or report.effects[i + 1].axis != e.axis
+        # one section per comparison: a three-valued axis (pruned_tokens) has three
+        new_axis = i == 0 or report.effects[i - 1].comparison != e.comparison
+        last = i + 1 == len(report.effects) or report.effects[i + 1].comparison != e.comparison
         style = "dim" if e.reading in ("within noise", "1 pair", "1 seed") else "bold"
         table.add_row(
             Text(row[0] if new_axis else ""),
