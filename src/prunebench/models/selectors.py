@@ -140,7 +140,8 @@ class Selector(nn.Module):
                 hidden_scale = (CALIBRATED_SPREAD / spread) ** (1 / (len(hidden) + 1))
                 for layer in hidden:
                     layer.weight.mul_(hidden_scale)
-                    layer.bias.mul_(hidden_scale)
+                    if layer.bias is not None:
+                        layer.bias.mul_(hidden_scale)
                 spread, score = self._spread_and_score(x, available)
         if spread > 0:
             scale = CALIBRATED_SPREAD / spread
