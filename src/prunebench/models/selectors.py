@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 #: spread (std of the keep-minus-prune logit over tokens) a ``calibrated`` selector starts with:
-#: wide next to the logistic noise of the Gumbel decision (std 1.8), so that its training
-#: decisions and its noise-free inference decisions keep about the same share.
+#: wider than the logistic noise of the Gumbel decision (std 1.8), so that training decisions
+#: follow the selector more than the noise (their share still sits nearer 50 % than the
+#: noise-free share: README, Fidelity, "fresh selectors").
 CALIBRATED_SPREAD = 3.0
 
 
