@@ -151,11 +151,10 @@ def load_run_config(run_dir: Path, spec: RunSpec, launcher: str):
         write_status(run_dir, "running", phase="setup", note=note)
     if checkpoint is not None:  # resume this run (from its own folder, wherever it lies), not its parent
         cfg.resume, cfg.load_from = True, str(checkpoint)
-    elif cfg.get("load_from") and spec.depends_on:
-        written = Path(cfg.load_from)
-        if written.parent.name == WORK_DIR and written.parent.parent.name == spec.depends_on[0]:
-            cfg.load_from = str(parent_checkpoint(run_dir, spec, written.name))
-        # else the parent is the file a grid names (schedule.dense.checkpoint), read where it is
+    elif cfg.get("load_from") and spec.depends_on and not spec.dense_schedule.get("checkpoint"):
+        # the parent this sweep trained, from its run folder (wherever the results folder lies);
+        # a parent the grid names as a file (schedule.dense.checkpoint) is read where it is
+        cfg.load_from = str(parent_checkpoint(run_dir, spec, Path(cfg.load_from).name))
     return cfg
 
 
